@@ -1,0 +1,410 @@
+"""The AVP and command dictionary: one data-driven table loaded from text files.
+
+The files under ``dictionaries/`` hold the AVPs (name, code, type, M-bit rule,
+vendor, enumerated values), the grouped AVPs' and commands' ABNF written as the
+RFCs write it, and nothing else.  This module parses them into lookup tables and
+compiles, per AVP, an encoder that emits the whole AVP with a precomputed header.
+
+File format (one directive per line; ``#`` starts a comment)::
+
+    vendor 10415 3GPP                  the vendor of the avp lines that follow (0 = IETF)
+    application 4 Diameter Credit Control
+    avp NAME CODE TYPE FLAGS           FLAGS: M = M bit must be set, m = may, - = must not
+        ENUM_NAME VALUE                indented lines under an Enumerated avp
+    command CODE REQ ANS Full-Name     e.g. ``command 272 CCR CCA Credit-Control``
+    <CCR> ::= < Diameter Header: 272, REQ, PXY >     a command's ABNF block
+          < Session-Id >
+          { Origin-Host }
+        * [ AVP ]
+    Name ::= < AVP Header: 456 >       a grouped AVP's ABNF block
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+from charging.diameter.types import data_type, type_names
+
+FLAG_VENDOR = 0x80
+FLAG_MANDATORY = 0x40
+FLAG_PROTECTED = 0x20
+
+MANDATORY_MUST = "must"
+MANDATORY_MAY = "may"
+MANDATORY_MUSTNOT = "mustnot"
+
+_PAD = (b"", b"\x00\x00\x00", b"\x00\x00", b"\x00")
+
+
+def avp_key(code: int, vendor_id: int) -> int:
+    """One int for (code, vendor): cheaper to hash than a tuple on the hot path."""
+    return code | (vendor_id << 32)
+
+
+@dataclass(slots=True)
+class RuleEntry:
+    """One line of an ABNF: ``min*max [ Name ]`` (max None = unbounded)."""
+
+    name: str
+    minimum: int
+    maximum: int | None
+    fixed: bool = False  # ``< Name >``: must stand at this position
+    key: int = -1  # avp_key, resolved when the dictionary is complete
+
+
+@dataclass(slots=True)
+class Rule:
+    """The ABNF of a grouped AVP or a command: its entries and whether ``* [ AVP ]`` is allowed."""
+
+    entries: list[RuleEntry]
+    any_avp: bool
+    by_key: dict[int, RuleEntry] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class AvpDef:
+    name: str
+    code: int
+    vendor_id: int
+    type_name: str
+    mandatory: str
+    enum_by_name: dict[str, int] = field(default_factory=dict)
+    enum_by_value: dict[int, str] = field(default_factory=dict)
+    rule: Rule | None = None
+    key: int = 0
+    flags: int = 0
+    decode: Callable[[bytes, int, int], Any] = field(default=lambda b, s, e: b[s:e], repr=False)
+    encode: Callable[[Any], bytes] = field(default=lambda v: b"", repr=False)
+
+    @property
+    def is_grouped(self) -> bool:
+        return self.type_name == "Grouped"
+
+    @property
+    def is_enumerated(self) -> bool:
+        return self.type_name == "Enumerated"
+
+
+@dataclass(slots=True)
+class CommandDef:
+    code: int
+    request_abbrev: str
+    answer_abbrev: str
+    name: str
+    proxiable: bool = False
+    request: Rule | None = None
+    answer: Rule | None = None
+
+    def rule(self, is_request: bool) -> Rule | None:
+        return self.request if is_request else self.answer
+
+    def abbrev(self, is_request: bool) -> str:
+        return self.request_abbrev if is_request else self.answer_abbrev
+
+
+class DictionaryError(ValueError):
+    pass
+
+
+_RULE_LINE = re.compile(r"^\s*(?:(\d*)\s*\*\s*(\d*))?\s*([<{\[])\s*([A-Za-z0-9][A-Za-z0-9_.\-]*)\s*[>}\]]\s*$")
+_COMMAND_HEAD = re.compile(r"^<\s*([A-Za-z0-9\-]+)\s*>\s*::=\s*<\s*Diameter Header:\s*(\d+)\s*((?:,\s*\w+\s*)*)>\s*$")
+_GROUP_HEAD = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.\-]*)\s*::=\s*<\s*AVP Header:\s*(\d+)(?:\s+(\d+))?\s*>\s*$")
+
+
+class Dictionary:
+    """AVP and command definitions, looked up by name or by (code, vendor)."""
+
+    def __init__(self) -> None:
+        self.by_name: dict[str, AvpDef] = {}
+        self.by_key: dict[int, AvpDef] = {}
+        self.commands: dict[int, CommandDef] = {}
+        self.commands_by_abbrev: dict[str, CommandDef] = {}
+        self.applications: dict[int, str] = {}
+        self.vendors: dict[int, str] = {0: "IETF"}
+        self._pending_rules: list[tuple[str, int, Rule, str]] = []
+
+    # -- lookups -----------------------------------------------------------------
+    def avp(self, name: str) -> AvpDef:
+        try:
+            return self.by_name[name]
+        except KeyError:
+            raise KeyError(f"no AVP named {name!r} in the dictionary") from None
+
+    def lookup(self, code: int, vendor_id: int = 0) -> AvpDef | None:
+        return self.by_key.get(code | (vendor_id << 32))
+
+    def command(self, code: int) -> CommandDef | None:
+        return self.commands.get(code)
+
+    def command_by_abbrev(self, abbrev: str) -> CommandDef:
+        try:
+            return self.commands_by_abbrev[abbrev]
+        except KeyError:
+            raise KeyError(f"no command {abbrev!r} in the dictionary") from None
+
+    def enum_value(self, avp_name: str, value_name: str) -> int:
+        return self.avp(avp_name).enum_by_name[value_name]
+
+    def enum_name(self, avp_name: str, value: int) -> str | None:
+        return self.avp(avp_name).enum_by_value.get(value)
+
+    # -- loading -----------------------------------------------------------------
+    def add_avp(
+        self,
+        name: str,
+        code: int,
+        type_name: str,
+        mandatory: str = MANDATORY_MUST,
+        vendor_id: int = 0,
+        enum: Mapping[str, int] | None = None,
+    ) -> AvpDef:
+        if type_name not in type_names():
+            raise DictionaryError(f"AVP {name}: unknown type {type_name}")
+        key = avp_key(code, vendor_id)
+        if name in self.by_name:
+            raise DictionaryError(f"AVP {name} defined twice")
+        if key in self.by_key:
+            raise DictionaryError(f"AVP {name}: code {code}/{vendor_id} already used by {self.by_key[key].name}")
+        flags = (FLAG_VENDOR if vendor_id else 0) | (FLAG_MANDATORY if mandatory == MANDATORY_MUST else 0)
+        defn = AvpDef(name, code, vendor_id, type_name, mandatory, key=key, flags=flags)
+        if enum:
+            for value_name, value in enum.items():
+                defn.enum_by_name[value_name] = value
+                defn.enum_by_value.setdefault(value, value_name)
+        self.by_name[name] = defn
+        self.by_key[key] = defn
+        _compile(defn, self)
+        return defn
+
+    def load_text(self, text: str, source: str = "<text>") -> None:
+        lines = text.splitlines()
+        vendor_id = 0
+        current_enum: AvpDef | None = None
+        i = 0
+        while i < len(lines):
+            raw = lines[i].split("#", 1)[0].rstrip()
+            lineno = i + 1
+            i += 1
+            if not raw.strip():
+                continue
+            where = f"{source}:{lineno}"
+            if raw[0].isspace():
+                if current_enum is None:
+                    raise DictionaryError(f"{where}: indented line outside an enumeration")
+                parts = raw.split()
+                if len(parts) != 2:
+                    raise DictionaryError(f"{where}: enumeration lines are NAME VALUE")
+                value = int(parts[1])
+                current_enum.enum_by_name[parts[0]] = value
+                current_enum.enum_by_value.setdefault(value, parts[0])
+                continue
+            current_enum = None
+            if "::=" in raw:
+                block = [raw]
+                while i < len(lines) and lines[i][:1].isspace():
+                    body = lines[i].split("#", 1)[0].split(";", 1)[0].strip()
+                    if body:
+                        block.append(body)
+                    i += 1
+                self._load_abnf(block, where)
+                continue
+            parts = raw.split()
+            keyword = parts[0]
+            try:
+                if keyword == "vendor":
+                    vendor_id = int(parts[1])
+                    self.vendors[vendor_id] = " ".join(parts[2:]) or str(vendor_id)
+                elif keyword == "application":
+                    self.applications[int(parts[1])] = " ".join(parts[2:])
+                elif keyword == "avp":
+                    name, code, type_name, flag_rule = parts[1], int(parts[2]), parts[3], parts[4]
+                    mandatory = {"M": MANDATORY_MUST, "m": MANDATORY_MAY, "-": MANDATORY_MUSTNOT}[flag_rule]
+                    defn = self.add_avp(name, code, type_name, mandatory, vendor_id)
+                    if type_name == "Enumerated":
+                        current_enum = defn
+                elif keyword == "command":
+                    code = int(parts[1])
+                    cmd = CommandDef(code, parts[2], parts[3], parts[4])
+                    self.commands[code] = cmd
+                    self.commands_by_abbrev[cmd.request_abbrev] = cmd
+                    self.commands_by_abbrev[cmd.answer_abbrev] = cmd
+                else:
+                    raise DictionaryError(f"unknown directive {keyword!r}")
+            except (IndexError, ValueError, KeyError) as exc:
+                raise DictionaryError(f"{where}: {exc}") from exc
+        self._resolve_rules()
+
+    def _load_abnf(self, block: list[str], where: str) -> None:
+        head = block[0].strip()
+        rule = Rule(entries=[], any_avp=False)
+        for line in block[1:]:
+            m = _RULE_LINE.match(line)
+            if not m:
+                raise DictionaryError(f"{where}: cannot read ABNF line {line!r}")
+            lo, hi, bracket, name = m.groups()
+            star = "*" in line.split(bracket, 1)[0]
+            if name == "AVP":
+                rule.any_avp = True
+                continue
+            if star:
+                minimum = int(lo) if lo else 0
+                maximum = int(hi) if hi else None
+            else:
+                minimum = 0 if bracket == "[" else 1
+                maximum = 1
+            if not star and bracket in "<{":
+                minimum = 1
+            if star and bracket in "<{" and minimum == 0:
+                minimum = 1  # RFC 6733 3.2: a required AVP occurs at least once
+            rule.entries.append(RuleEntry(name, minimum, maximum, fixed=bracket == "<"))
+        cm = _COMMAND_HEAD.match(head)
+        if cm:
+            abbrev, code_text, flag_text = cm.groups()
+            cmd = self.commands_by_abbrev.get(abbrev)
+            if cmd is None or cmd.code != int(code_text):
+                raise DictionaryError(f"{where}: declare 'command {code_text} ...' before <{abbrev}>")
+            flags = {f.strip() for f in flag_text.split(",") if f.strip()}
+            if "PXY" in flags:
+                cmd.proxiable = True
+            if "REQ" in flags:
+                cmd.request = rule
+            else:
+                cmd.answer = rule
+            self._pending_rules.append((abbrev, -1, rule, where))
+            return
+        gm = _GROUP_HEAD.match(head)
+        if gm:
+            name, code_text, vendor_text = gm.groups()
+            defn = self.by_name.get(name)
+            if defn is None or defn.code != int(code_text) or defn.vendor_id != int(vendor_text or 0):
+                raise DictionaryError(f"{where}: grouped {name} does not match its avp line")
+            if not defn.is_grouped:
+                raise DictionaryError(f"{where}: {name} is not Grouped")
+            defn.rule = rule
+            self._pending_rules.append((name, defn.key, rule, where))
+            return
+        raise DictionaryError(f"{where}: cannot read ABNF head {head!r}")
+
+    def _resolve_rules(self) -> None:
+        """Bind rule entries to AVP keys once every file that may define them is in."""
+        still: list[tuple[str, int, Rule, str]] = []
+        for owner, key, rule, where in self._pending_rules:
+            missing = [e.name for e in rule.entries if e.name not in self.by_name]
+            if missing:
+                still.append((owner, key, rule, where))
+                continue
+            for entry in rule.entries:
+                entry.key = self.by_name[entry.name].key
+                rule.by_key[entry.key] = entry
+        self._pending_rules = still
+
+    def unresolved(self) -> list[str]:
+        return [f"{where}: {owner}" for owner, _, _, where in self._pending_rules]
+
+    @classmethod
+    def standard(cls) -> Dictionary:
+        d = cls()
+        for name in STANDARD_FILES:
+            text = resources.files("charging.diameter").joinpath("dictionaries", name).read_text()
+            d.load_text(text, name)
+        if d.unresolved():
+            raise DictionaryError("ABNF names undefined AVPs: " + "; ".join(d.unresolved()))
+        return d
+
+
+STANDARD_FILES = ("base.txt", "creditcontrol.txt", "tgpp.txt")
+
+
+def _compile(defn: AvpDef, dictionary: Dictionary) -> None:
+    """Give ``defn`` an encoder for the whole AVP and a decoder for its data."""
+    code_bytes = defn.code.to_bytes(4, "big")
+    vendor_bytes = defn.vendor_id.to_bytes(4, "big") if defn.vendor_id else b""
+    header_len = 12 if defn.vendor_id else 8
+    flag_bits = defn.flags << 24
+    dt = data_type(defn.type_name)
+    data_encode = dt.encode
+    defn.decode = dt.decode
+
+    if defn.is_grouped:
+
+        def encode_grouped(value: Any) -> bytes:
+            data = encode_group_data(value, dictionary)
+            return code_bytes + (flag_bits | (header_len + len(data))).to_bytes(4, "big") + vendor_bytes + data
+
+        defn.encode = encode_grouped
+    elif dt.size is not None:
+        header = code_bytes + (flag_bits | (header_len + dt.size)).to_bytes(4, "big") + vendor_bytes
+        if defn.is_enumerated:
+            names = defn.enum_by_name
+
+            def encode_enum(value: Any) -> bytes:
+                if isinstance(value, str):
+                    try:
+                        value = names[value]
+                    except KeyError:
+                        raise ValueError(f"{defn.name} has no value named {value!r}") from None
+                return header + data_encode(value)
+
+            defn.encode = encode_enum
+        else:
+
+            def encode_fixed(value: Any) -> bytes:
+                return header + data_encode(value)
+
+            defn.encode = encode_fixed
+    else:
+
+        def encode_variable(value: Any) -> bytes:
+            data = data_encode(value)
+            n = len(data)
+            return b"".join(
+                (code_bytes, (flag_bits | (header_len + n)).to_bytes(4, "big"), vendor_bytes, data, _PAD[n & 3])
+            )
+
+        defn.encode = encode_variable
+
+
+def encode_group_data(value: Any, dictionary: Dictionary) -> bytes:
+    """Encode the data of a Grouped AVP.
+
+    ``value`` is a mapping of AVP name to value (a list value repeats the AVP),
+    a sequence of ``(name, value)`` pairs or of objects with ``to_bytes()`` (AVPs
+    kept from a received message), or an object with ``data_bytes()`` (a group
+    received and passed on as it is).
+    """
+    data_bytes = getattr(value, "data_bytes", None)
+    if data_bytes is not None:
+        return data_bytes()  # type: ignore[no-any-return]
+    return b"".join(iter_encoded(value, dictionary))
+
+
+def iter_encoded(value: Any, dictionary: Dictionary) -> Iterable[bytes]:
+    by_name = dictionary.by_name
+    if isinstance(value, Mapping):
+        for name, item in value.items():
+            try:
+                encode = by_name[name].encode
+            except KeyError:
+                raise KeyError(f"no AVP named {name!r} in the dictionary") from None
+            if isinstance(item, list):
+                for element in item:
+                    yield encode(element)
+            else:
+                yield encode(item)
+        return
+    for item in value:
+        if isinstance(item, tuple):
+            name, element = item
+            try:
+                yield by_name[name].encode(element)
+            except KeyError:
+                raise KeyError(f"no AVP named {name!r} in the dictionary") from None
+        else:
+            yield item.to_bytes()
+
+
+DICTIONARY = Dictionary.standard()
