@@ -1,0 +1,203 @@
+"""Checks of a received message against the dictionary (RFC 6733 section 7).
+
+Errors that leave the meaning of a message unclear raise ``DiameterError`` with
+the Result-Code and Failed-AVP the RFC asks for.  Deviations that clients in the
+field commit while their meaning stays plain (an AVP repeated with the same value,
+an AVP the command's ABNF does not name, an Application-Id AVP left out although
+the header carries it, an M bit set where it may not be) are returned as a list of
+notes so that the caller can log them and serve the request; in strict mode they
+raise like the rest.
+"""
+
+from __future__ import annotations
+
+from charging.diameter.constants import ResultCode
+from charging.diameter.dictionary import DICTIONARY, MANDATORY_MUST, MANDATORY_MUSTNOT, Dictionary, Rule
+from charging.diameter.errors import DiameterError, MessageFormatError
+from charging.diameter.message import (
+    AVP_FLAG_MANDATORY,
+    FLAG_ERROR,
+    FLAG_PROXIABLE,
+    FLAG_REQUEST,
+    Avp,
+    Message,
+    parse_avps,
+)
+from charging.diameter.types import data_type
+
+_RESERVED_HEADER_BITS = 0x0F
+_RESERVED_AVP_BITS = 0x1F
+
+# An AVP whose value the header already gives: Application-Id AVPs name the
+# application that the header's Application-Id field names too.
+_IMPLIED_BY_HEADER = {"Auth-Application-Id", "Acct-Application-Id"}
+
+# RFC 6733 7.2: the relaxed ABNF of an answer with the E bit.
+_ERROR_ANSWER_REQUIRED = ("Origin-Host", "Origin-Realm", "Result-Code")
+
+
+def _example_avp(name: str, dictionary: Dictionary) -> Avp:
+    """RFC 6733 7.5: a missing AVP is shown with a zero value of the minimum length."""
+    defn = dictionary.avp(name)
+    size = data_type(defn.type_name).size or 0
+    if defn.type_name == "Address":
+        size = 6
+    return Avp.from_raw(defn.code, b"\x00" * size, defn.vendor_id, defn.flags)
+
+
+def _wrap(path: list[Avp], inner: bytes) -> bytes:
+    """Put an offending AVP back inside the grouped AVPs it was found in (RFC 6733 7.5)."""
+    for parent in reversed(path):
+        inner = Avp.from_raw(parent.code, inner, parent.vendor_id, parent.flags).to_bytes()
+    return inner
+
+
+class Validator:
+    def __init__(self, strict: bool = False, dictionary: Dictionary = DICTIONARY) -> None:
+        self.strict = strict
+        self.dictionary = dictionary
+
+    def check_header(self, msg: Message) -> list[str]:
+        notes: list[str] = []
+        if msg.flags & FLAG_REQUEST and msg.flags & FLAG_ERROR:
+            raise DiameterError(ResultCode.DIAMETER_INVALID_HDR_BITS, "E bit set on a request")
+        if msg.flags & _RESERVED_HEADER_BITS:
+            self._deviate(notes, ResultCode.DIAMETER_INVALID_HDR_BITS, "reserved header bits set", None)
+        cmd = self.dictionary.command(msg.code)
+        if cmd is not None and msg.is_request and bool(msg.flags & FLAG_PROXIABLE) != cmd.proxiable:
+            self._deviate(notes, ResultCode.DIAMETER_INVALID_HDR_BITS, f"P bit differs from {cmd.name}'s", None)
+        return notes
+
+    def check(self, msg: Message) -> list[str]:
+        """Check the header and every AVP, grouped ones included; return tolerated deviations."""
+        notes = self.check_header(msg)
+        cmd = self.dictionary.command(msg.code)
+        rule: Rule | None = cmd.rule(msg.is_request) if cmd is not None else None
+        if msg.is_error and not msg.is_request:
+            rule = None  # the relaxed error-answer ABNF: check only what it requires
+            for name in _ERROR_ANSWER_REQUIRED:
+                if msg.avp(name) is None:
+                    raise DiameterError(
+                        ResultCode.DIAMETER_MISSING_AVP,
+                        f"missing {name}",
+                        _example_avp(name, self.dictionary).to_bytes(),
+                    )
+        try:
+            avps = msg.avps
+        except MessageFormatError as exc:
+            raise DiameterError(exc.result_code, str(exc), exc.failed_avp) from exc
+        self._walk(avps, rule, [], notes, msg)
+        return notes
+
+    def _deviate(self, notes: list[str], code: int, text: str, failed: bytes | None) -> None:
+        if self.strict:
+            raise DiameterError(code, text, failed)
+        notes.append(text)
+
+    def _walk(self, avps: list[Avp], rule: Rule | None, path: list[Avp], notes: list[str], msg: Message) -> None:
+        by_key = self.dictionary.by_key
+        counts: dict[int, list[Avp]] = {}
+        for avp in avps:
+            key = avp.code | (avp.vendor_id << 32)
+            defn = by_key.get(key)
+            if avp.flags & _RESERVED_AVP_BITS:
+                self._deviate(
+                    notes, ResultCode.DIAMETER_INVALID_AVP_BITS, f"AVP {avp.code}: reserved bits set", None
+                )
+            if defn is None:
+                if avp.flags & AVP_FLAG_MANDATORY:
+                    raise DiameterError(
+                        ResultCode.DIAMETER_AVP_UNSUPPORTED,
+                        f"AVP {avp.code} (vendor {avp.vendor_id}) is not supported and has the M bit",
+                        _wrap(path, avp.to_bytes()),
+                    )
+                continue
+            mandatory = bool(avp.flags & AVP_FLAG_MANDATORY)
+            if mandatory and defn.mandatory == MANDATORY_MUSTNOT:
+                self._deviate(
+                    notes, ResultCode.DIAMETER_INVALID_AVP_BITS, f"{defn.name}: M bit set", _wrap(path, avp.to_bytes())
+                )
+            elif not mandatory and defn.mandatory == MANDATORY_MUST:
+                self._deviate(
+                    notes,
+                    ResultCode.DIAMETER_INVALID_AVP_BITS,
+                    f"{defn.name}: M bit not set",
+                    _wrap(path, avp.to_bytes()),
+                )
+            self._check_value(avp, defn.name, defn.type_name, path)
+            if defn.type_name == "Grouped":
+                try:
+                    members = parse_avps(avp._buf, avp._data, avp._end)
+                except MessageFormatError as exc:
+                    raise DiameterError(exc.result_code, f"{defn.name}: {exc}", _wrap(path, avp.to_bytes())) from exc
+                self._walk(members, defn.rule, [*path, avp], notes, msg)
+            if rule is not None:
+                if key not in rule.by_key and not rule.any_avp:
+                    self._deviate(
+                        notes,
+                        ResultCode.DIAMETER_AVP_NOT_ALLOWED,
+                        f"{defn.name} is not allowed here",
+                        _wrap(path, avp.to_bytes()),
+                    )
+                counts.setdefault(key, []).append(avp)
+        if rule is None:
+            return
+        for entry in rule.entries:
+            present = counts.get(entry.key, [])
+            if len(present) < entry.minimum:
+                if not path and entry.name in _IMPLIED_BY_HEADER:
+                    self._deviate(
+                        notes,
+                        ResultCode.DIAMETER_MISSING_AVP,
+                        f"{entry.name} missing; the header's Application-Id {msg.app_id} stands for it",
+                        None,
+                    )
+                    continue
+                raise DiameterError(
+                    ResultCode.DIAMETER_MISSING_AVP,
+                    f"missing {entry.name}",
+                    _wrap(path, _example_avp(entry.name, self.dictionary).to_bytes()),
+                )
+            if entry.maximum is not None and len(present) > entry.maximum:
+                extra = present[entry.maximum]
+                failed = _wrap(path, extra.to_bytes())
+                if all(a.data == present[0].data for a in present):
+                    self._deviate(
+                        notes,
+                        ResultCode.DIAMETER_AVP_OCCURS_TOO_MANY_TIMES,
+                        f"{entry.name} repeated {len(present)} times with one value",
+                        failed,
+                    )
+                else:
+                    raise DiameterError(
+                        ResultCode.DIAMETER_AVP_OCCURS_TOO_MANY_TIMES,
+                        f"{entry.name} occurs {len(present)} times with different values",
+                        failed,
+                    )
+
+    def _check_value(self, avp: Avp, name: str, type_name: str, path: list[Avp]) -> None:
+        dt = data_type(type_name)
+        size = avp._end - avp._data
+        if dt.size is not None and size != dt.size:
+            raise DiameterError(
+                ResultCode.DIAMETER_INVALID_AVP_LENGTH,
+                f"{name}: {type_name} needs {dt.size} octets, got {size}",
+                _wrap(path, avp.to_bytes()),
+            )
+        if type_name in ("UTF8String", "DiameterIdentity", "DiameterURI", "Address"):
+            try:
+                dt.decode(avp._buf, avp._data, avp._end)
+            except DiameterError as exc:
+                raise DiameterError(exc.result_code, f"{name}: {exc}", _wrap(path, avp.to_bytes())) from exc
+
+
+def required_answer_echoes(code: int, dictionary: Dictionary = DICTIONARY) -> list[str]:
+    """AVPs an answer requires that a generic error answer can copy from the request."""
+    cmd = dictionary.command(code)
+    if cmd is None or cmd.answer is None:
+        return []
+    skip = {"Session-Id", "Result-Code", "Origin-Host", "Origin-Realm"}
+    return [e.name for e in cmd.answer.entries if e.minimum > 0 and e.name not in skip]
+
+
+__all__ = ["MANDATORY_MUST", "Validator", "required_answer_echoes"]
