@@ -383,13 +383,14 @@ def encode_group_data(value: Any, dictionary: Dictionary) -> bytes:
 
 
 def iter_encoded(value: Any, dictionary: Dictionary) -> Iterable[bytes]:
+    """Encoded AVPs from a mapping of name to value, or a sequence of pairs, AVPs or encoded AVPs."""
     by_name = dictionary.by_name
     if isinstance(value, Mapping):
         for name, item in value.items():
-            try:
-                encode = by_name[name].encode
-            except KeyError:
-                raise KeyError(f"no AVP named {name!r} in the dictionary") from None
+            defn = by_name.get(name)
+            if defn is None:
+                raise KeyError(f"no AVP named {name!r} in the dictionary")
+            encode = defn.encode
             if isinstance(item, list):
                 for element in item:
                     yield encode(element)
@@ -399,10 +400,12 @@ def iter_encoded(value: Any, dictionary: Dictionary) -> Iterable[bytes]:
     for item in value:
         if isinstance(item, tuple):
             name, element = item
-            try:
-                yield by_name[name].encode(element)
-            except KeyError:
-                raise KeyError(f"no AVP named {name!r} in the dictionary") from None
+            defn = by_name.get(name)
+            if defn is None:
+                raise KeyError(f"no AVP named {name!r} in the dictionary")
+            yield defn.encode(element)
+        elif isinstance(item, bytes):
+            yield item
         else:
             yield item.to_bytes()
 

@@ -429,6 +429,14 @@ class DiameterNode:
     # -- receiving ------------------------------------------------------------------------------------
     def _on_frame(self, conn: _Connection, raw: bytes) -> None:
         try:
+            self._on_message(conn, raw)
+        except Exception:
+            # Whatever a peer sends must not take the node down: log, and close this connection only.
+            log.exception("failed to process a message from %s; closing the connection", conn.addr)
+            conn.close()
+
+    def _on_message(self, conn: _Connection, raw: bytes) -> None:
+        try:
             msg = Message.decode(raw)
         except MessageFormatError as exc:
             log.warning("undecodable frame from %s: %s", conn.addr, exc)
@@ -617,11 +625,11 @@ class DiameterNode:
         if not is_protocol_error(code):
             for name in required_answer_echoes(req.code):
                 try:
-                    value = req.avp(name)
-                except MessageFormatError:
-                    value = None
-                if value is not None:
-                    avps.append((name, value.value))
+                    found = req.avp(name)
+                    if found is not None:
+                        avps.append((name, found.value))
+                except DiameterError:
+                    pass  # the broken AVP itself: Failed-AVP shows it
         if text:
             avps.append(("Error-Message", text[:200]))
         try:

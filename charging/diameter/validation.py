@@ -101,9 +101,7 @@ class Validator:
             key = avp.code | (avp.vendor_id << 32)
             defn = by_key.get(key)
             if avp.flags & _RESERVED_AVP_BITS:
-                self._deviate(
-                    notes, ResultCode.DIAMETER_INVALID_AVP_BITS, f"AVP {avp.code}: reserved bits set", None
-                )
+                self._deviate(notes, ResultCode.DIAMETER_INVALID_AVP_BITS, f"AVP {avp.code}: reserved bits set", None)
             if defn is None:
                 if avp.flags & AVP_FLAG_MANDATORY:
                     raise DiameterError(
@@ -150,7 +148,7 @@ class Validator:
                         notes,
                         ResultCode.DIAMETER_MISSING_AVP,
                         f"{entry.name} missing; the header's Application-Id {msg.app_id} stands for it",
-                        None,
+                        _example_avp(entry.name, self.dictionary).to_bytes(),
                     )
                     continue
                 raise DiameterError(
