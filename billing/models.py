@@ -1,0 +1,1 @@
+"""Tables of the billing package (declared on charging.db.metadata)."""

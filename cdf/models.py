@@ -1,0 +1,1 @@
+"""Tables of the cdf package (declared on charging.db.metadata)."""

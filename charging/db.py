@@ -1,0 +1,201 @@
+"""Database plumbing shared by the CDF, the OCF and billing.
+
+- ``metadata``: the one SQLAlchemy MetaData every package declares its tables on.
+- ``make_engine``: SQLite (WAL, full sync, immediate write transactions) or PostgreSQL.
+- ``migrate``: Alembic ``upgrade heads``; the schema changes only through migrations.
+- ``GroupCommitter``: a writer thread that runs units of work from the event loop
+  many to a transaction, and resolves each caller only after its COMMIT, so an
+  answer that depends on a write never leaves before the write is durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, Engine, MetaData, create_engine, event, exc
+from sqlalchemy.pool import NullPool
+
+log = logging.getLogger("charging.db")
+
+T = TypeVar("T")
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+
+
+class DatabaseUnavailable(RuntimeError):
+    """The database cannot be reached or refused the transaction for reasons outside the request."""
+
+
+def is_sqlite(url: str) -> bool:
+    return url.startswith("sqlite")
+
+
+def make_engine(url: str, *, schema: str | None = None, pool_size: int = 5) -> Engine:
+    """An engine for ``url``; ``schema`` puts every table of a PostgreSQL connection in that schema."""
+    if is_sqlite(url):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, poolclass=NullPool)
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            # Let SQLAlchemy, not pysqlite, decide where transactions start.
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=FULL")  # a COMMIT survives power loss, not just a crash
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn: Connection) -> None:
+            # Take the write lock up front: two writers never deadlock upgrading read locks.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    connect_args: dict[str, Any] = {}
+    if schema:
+        connect_args["options"] = f"-csearch_path={schema}"
+    return create_engine(
+        url, connect_args=connect_args, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+    )
+
+
+def migrate(engine: Engine, revision: str = "heads") -> None:
+    """Bring the schema to ``revision`` (all branch heads by default) with Alembic."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+
+
+def unavailable(error: BaseException) -> bool:
+    """Whether an error means the database is out of reach rather than the work being wrong."""
+    if isinstance(error, exc.DBAPIError) and error.connection_invalidated:
+        return True
+    return isinstance(error, exc.OperationalError | exc.InterfaceError | exc.TimeoutError)
+
+
+@dataclass(slots=True)
+class _Work:
+    fn: Callable[[Connection], Any]
+    future: asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop
+
+
+def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+class GroupCommitter:
+    """Runs units of work in one writer thread, as many as are waiting in each transaction.
+
+    A unit of work is a plain function of a Connection; it may read and write and
+    return a value.  If one unit raises, the batch is rolled back and its units are
+    run again one transaction each, so one bad request never fails its neighbours.
+    Database outages surface as ``DatabaseUnavailable``.
+    """
+
+    def __init__(self, engine: Engine, *, max_batch: int = 256, name: str = "db-writer") -> None:
+        self.engine = engine
+        self.max_batch = max_batch
+        self._queue: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._started = False
+        self.batches = 0
+        self.units = 0
+
+    def start(self) -> None:
+        if not self._started:
+            self._started = True
+            self._thread.start()
+
+    def stop(self) -> None:
+        if self._started:
+            self._queue.put(None)
+            self._thread.join()
+            self._started = False
+
+    async def run(self, fn: Callable[[Connection], T]) -> T:
+        self.start()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._queue.put(_Work(fn, future, loop))
+        return await future
+
+    def run_sync(self, fn: Callable[[Connection], T]) -> T:
+        """Run one unit of work in the caller's thread, in its own transaction."""
+        try:
+            with self.engine.begin() as conn:
+                return fn(conn)
+        except exc.SQLAlchemyError as error:
+            if unavailable(error):
+                raise DatabaseUnavailable(str(error)) from error
+            raise
+
+    def _loop(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            stop = False
+            while len(batch) < self.max_batch:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            self._execute(batch)
+            if stop:
+                return
+
+    def _execute(self, batch: list[_Work]) -> None:
+        results: list[Any] = []
+        try:
+            with self.engine.begin() as conn:
+                for work in batch:
+                    results.append(work.fn(conn))
+        except BaseException as error:  # noqa: BLE001 - every failure goes back to its caller
+            if len(batch) > 1 and not unavailable(error):
+                for work in batch:
+                    self._execute([work])
+                return
+            if isinstance(error, exc.SQLAlchemyError) and unavailable(error):
+                error = DatabaseUnavailable(str(error))
+            log.debug("unit of work failed: %s", error)
+            for work in batch:
+                work.loop.call_soon_threadsafe(_resolve, work.future, None, error)
+            return
+        self.batches += 1
+        self.units += len(batch)
+        for work, result in zip(batch, results, strict=True):
+            work.loop.call_soon_threadsafe(_resolve, work.future, result, None)

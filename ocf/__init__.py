@@ -1,0 +1,1 @@
+"""ocf package."""

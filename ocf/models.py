@@ -1,0 +1,1 @@
+"""Tables of the ocf package (declared on charging.db.metadata)."""
