@@ -25,7 +25,7 @@ SUPPORTED_VERSIONS = frozenset({1})
 _CDR_NAMESPACE = uuid.UUID("6f1d3c2a-5b8e-4c1f-9a7d-2e4b6c8d0a13")
 
 
-class RecordType(str, enum.Enum):
+class RecordType(enum.StrEnum):
     """TS 32.298 5.1.3.1 IMS record types (the IMSRecord CHOICE), by the node that writes them."""
 
     S_CSCF = "sCSCFRecord"
@@ -42,16 +42,16 @@ class RecordType(str, enum.Enum):
     ATCF = "aTCFRecord"
 
 
-# Node-Functionality (TS 32.299 7.2.118) name -> record type.
+# Node-Functionality (TS 32.299 7.2.118) enumerated name in the dictionary -> record type.
 RECORD_TYPE_BY_NODE: dict[str, RecordType] = {
-    "S-CSCF": RecordType.S_CSCF,
-    "P-CSCF": RecordType.P_CSCF,
-    "I-CSCF": RecordType.I_CSCF,
+    "S_CSCF": RecordType.S_CSCF,
+    "P_CSCF": RecordType.P_CSCF,
+    "I_CSCF": RecordType.I_CSCF,
     "MRFC": RecordType.MRFC,
     "MGCF": RecordType.MGCF,
     "BGCF": RecordType.BGCF,
     "AS": RecordType.AS,
-    "E-CSCF": RecordType.E_CSCF,
+    "E_CSCF": RecordType.E_CSCF,
     "IBCF": RecordType.IBCF,
     "TRF": RecordType.TRF,
     "TF": RecordType.TF,
@@ -59,7 +59,7 @@ RECORD_TYPE_BY_NODE: dict[str, RecordType] = {
 }
 
 
-class CauseForRecordClosing(str, enum.Enum):
+class CauseForRecordClosing(enum.StrEnum):
     """TS 32.298 IMSChargingDataTypes CauseForRecordClosing."""
 
     SERVICE_DELIVERY_END_SUCCESSFULLY = "serviceDeliveryEndSuccessfully"  # 0
@@ -207,7 +207,8 @@ class Cdr(BaseModel):
 
 def cdr_id_for(node_address: str, session_id: str, record_sequence_number: int | None, incarnation: int = 0) -> str:
     """The stable id of a node's record of a session (one per partial record)."""
-    name = f"{node_address.lower()}|{session_id}|{record_sequence_number if record_sequence_number is not None else '-'}"
+    sequence = "-" if record_sequence_number is None else str(record_sequence_number)
+    name = f"{node_address.lower()}|{session_id}|{sequence}"
     if incarnation:
         name += f"|{incarnation}"
     return str(uuid.uuid5(_CDR_NAMESPACE, name))

@@ -184,7 +184,7 @@ class GroupCommitter:
             with self.engine.begin() as conn:
                 for work in batch:
                     results.append(work.fn(conn))
-        except BaseException as error:  # noqa: BLE001 - every failure goes back to its caller
+        except BaseException as error:
             if len(batch) > 1 and not unavailable(error):
                 for work in batch:
                     self._execute([work])

@@ -62,6 +62,7 @@ class Rule:
 
     entries: list[RuleEntry]
     any_avp: bool
+    any_minimum: int = 0  # ``1* { AVP }``: at least this many AVPs of any kind
     by_key: dict[int, RuleEntry] = field(default_factory=dict)
 
 
@@ -190,22 +191,25 @@ class Dictionary:
             lineno = i + 1
             i += 1
             if not raw.strip():
+                current_enum = None  # a blank line ends an enumeration
                 continue
             where = f"{source}:{lineno}"
             if raw[0].isspace():
                 if current_enum is None:
                     raise DictionaryError(f"{where}: indented line outside an enumeration")
                 parts = raw.split()
-                if len(parts) != 2:
+                if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
                     raise DictionaryError(f"{where}: enumeration lines are NAME VALUE")
                 value = int(parts[1])
+                if parts[0] in current_enum.enum_by_name:
+                    raise DictionaryError(f"{where}: {current_enum.name} names {parts[0]} twice")
                 current_enum.enum_by_name[parts[0]] = value
                 current_enum.enum_by_value.setdefault(value, parts[0])
                 continue
             current_enum = None
             if "::=" in raw:
                 block = [raw]
-                while i < len(lines) and lines[i][:1].isspace():
+                while i < len(lines) and (lines[i][:1].isspace() and lines[i].strip()):
                     body = lines[i].split("#", 1)[0].split(";", 1)[0].strip()
                     if body:
                         block.append(body)
@@ -249,6 +253,7 @@ class Dictionary:
             star = "*" in line.split(bracket, 1)[0]
             if name == "AVP":
                 rule.any_avp = True
+                rule.any_minimum = int(lo) if star and lo else (1 if bracket in "<{" else 0)
                 continue
             if star:
                 minimum = int(lo) if lo else 0
@@ -270,6 +275,8 @@ class Dictionary:
             flags = {f.strip() for f in flag_text.split(",") if f.strip()}
             if "PXY" in flags:
                 cmd.proxiable = True
+            if ("REQ" in flags and cmd.request is not None) or ("REQ" not in flags and cmd.answer is not None):
+                raise DictionaryError(f"{where}: <{abbrev}> defined twice")
             if "REQ" in flags:
                 cmd.request = rule
             else:
@@ -284,6 +291,8 @@ class Dictionary:
                 raise DictionaryError(f"{where}: grouped {name} does not match its avp line")
             if not defn.is_grouped:
                 raise DictionaryError(f"{where}: {name} is not Grouped")
+            if defn.rule is not None:
+                raise DictionaryError(f"{where}: the ABNF of {name} is defined twice")
             defn.rule = rule
             self._pending_rules.append((name, defn.key, rule, where))
             return

@@ -140,6 +140,12 @@ class Validator:
                 counts.setdefault(key, []).append(avp)
         if rule is None:
             return
+        if len(avps) < rule.any_minimum:
+            raise DiameterError(
+                ResultCode.DIAMETER_MISSING_AVP,
+                f"at least {rule.any_minimum} AVPs are required here",
+                _wrap(path[:-1], path[-1].to_bytes()) if path else None,
+            )
         for entry in rule.entries:
             present = counts.get(entry.key, [])
             if len(present) < entry.minimum:
