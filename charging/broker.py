@@ -34,7 +34,9 @@ import collections
 import contextlib
 import ctypes
 import ctypes.util
+import dataclasses
 import os
+import re
 import signal
 import socket
 import struct
@@ -42,6 +44,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 import weakref
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -51,9 +54,11 @@ from typing import IO, Any, Final, Self
 __all__ = [
     "BrokerError",
     "EmbeddedBroker",
+    "ProbeResult",
     "consumer_config",
     "create_topic",
     "free_port",
+    "probe_kafka",
     "producer_config",
     "resolve_tansu_binary",
 ]
@@ -72,8 +77,9 @@ _TANSU_ENV_VARS: Final = (
 )
 
 _PR_SET_PDEATHSIG: Final = 1
-_API_VERSIONS_KEY: Final = 18
+_METADATA_KEY: Final = 3
 _TAIL_LINES: Final = 200
+_ANSI_ESCAPE: Final = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 class BrokerError(RuntimeError):
@@ -107,10 +113,45 @@ def free_port(host: str = HOST) -> int:
         return port
 
 
-def _encode_api_versions_request(correlation_id: int) -> bytes:
-    # ApiVersions v0: request header v1 (api_key, api_version, correlation_id, client_id) and an empty body.
+@dataclasses.dataclass(frozen=True)
+class ProbeResult:
+    """What a broker said about itself in a Metadata (v2) response."""
+
+    cluster_id: str | None
+    brokers: tuple[tuple[int, str, int], ...]  # (node id, advertised host, advertised port)
+
+
+class _Reader:
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self._pos = 0
+
+    def take(self, fmt: str) -> tuple[Any, ...]:
+        size = struct.calcsize(fmt)
+        if self._pos + size > len(self._data):
+            raise ConnectionError("truncated Metadata response")
+        values = struct.unpack_from(fmt, self._data, self._pos)
+        self._pos += size
+        return values
+
+    def int32(self) -> int:
+        value: int = self.take(">i")[0]
+        return value
+
+    def string(self) -> str | None:
+        (length,) = self.take(">h")
+        if length < 0:
+            return None
+        (raw,) = self.take(f">{length}s")
+        text: str = raw.decode("utf-8", "replace")
+        return text
+
+
+def _encode_metadata_request(correlation_id: int) -> bytes:
+    # Metadata v2 (cluster_id is in the response from v2 on): request header v1 and a null topic array.
     client_id = b"charging-broker-probe"
-    body = struct.pack(">hhih", _API_VERSIONS_KEY, 0, correlation_id, len(client_id)) + client_id
+    header = struct.pack(">hhih", _METADATA_KEY, 2, correlation_id, len(client_id)) + client_id
+    body = header + struct.pack(">i", -1)
     return struct.pack(">i", len(body)) + body
 
 
@@ -124,25 +165,30 @@ def _recv_exactly(sock: socket.socket, size: int) -> bytes:
     return bytes(chunks)
 
 
-def probe_kafka(host: str, port: int, timeout: float = 1.0) -> None:
-    """Send one ApiVersions request to ``host:port`` and check the answer; raise ``OSError`` if it fails.
+def probe_kafka(host: str, port: int, timeout: float = 1.0) -> ProbeResult:
+    """Send one Metadata request to ``host:port`` and decode the answer; raise ``OSError`` if that fails.
 
-    This talks to the listener itself, not to the advertised address, so it also works while the advertised
-    address (e.g. a proxy) is not reachable.
+    This talks to the listener itself, not to the advertised address, so it works while the advertised
+    address (e.g. a proxy) is not reachable. The cluster id tells our broker apart from whatever else might
+    answer on the same port.
     """
     correlation_id = int(time.monotonic_ns() & 0x7FFFFFFF)
     with socket.create_connection((host, port), timeout=timeout) as sock:
         sock.settimeout(timeout)
-        sock.sendall(_encode_api_versions_request(correlation_id))
+        sock.sendall(_encode_metadata_request(correlation_id))
         (size,) = struct.unpack(">i", _recv_exactly(sock, 4))
-        payload = _recv_exactly(sock, size)
-    if size < 10:
-        raise ConnectionError(f"short ApiVersions response ({size} bytes)")
-    answered_id, error_code, api_count = struct.unpack(">ihi", payload[:10])
+        reader = _Reader(_recv_exactly(sock, size))
+    answered_id = reader.int32()
     if answered_id != correlation_id:
-        raise ConnectionError(f"ApiVersions correlation id {answered_id} != {correlation_id}")
-    if error_code != 0 or api_count <= 0:
-        raise ConnectionError(f"ApiVersions answered error {error_code} with {api_count} APIs")
+        raise ConnectionError(f"Metadata correlation id {answered_id} != {correlation_id}")
+    brokers = []
+    for _ in range(reader.int32()):
+        node_id = reader.int32()
+        broker_host = reader.string() or ""
+        broker_port = reader.int32()
+        reader.string()  # rack
+        brokers.append((node_id, broker_host, broker_port))
+    return ProbeResult(cluster_id=reader.string(), brokers=tuple(brokers))
 
 
 def _parent_death_signal_hook() -> Callable[[], None] | None:
@@ -208,7 +254,7 @@ class EmbeddedBroker:
         log_path: str | os.PathLike[str] | None = None,
         startup_timeout: float = 15.0,
         stop_grace: float = 5.0,
-        cluster_id: str = "charging-embedded",
+        cluster_id: str | None = None,
         env: Mapping[str, str] | None = None,
     ) -> None:
         self._requested_port = port
@@ -217,7 +263,9 @@ class EmbeddedBroker:
         self._log_path = Path(log_path) if log_path is not None else None
         self._startup_timeout = startup_timeout
         self._stop_grace = stop_grace
-        self._cluster_id = cluster_id
+        # A unique cluster id lets the readiness probe recognise this broker (and not some other server that
+        # happens to hold the port while tansu fails to bind it).
+        self._cluster_id = cluster_id or f"charging-embedded-{uuid.uuid4().hex[:12]}"
         self._extra_env = dict(env or {})
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
@@ -310,6 +358,7 @@ class EmbeddedBroker:
             "memory://tansu/",
         ]
         env = {key: value for key, value in os.environ.items() if key not in _TANSU_ENV_VARS}
+        env.setdefault("NO_COLOR", "1")
         env.update(self._extra_env)
         started = time.monotonic()
         try:
@@ -344,7 +393,7 @@ class EmbeddedBroker:
                     log_file.write(raw)
                     log_file.flush()
                 with self._lock:
-                    self._tail.append(raw.decode("utf-8", "replace").rstrip("\n"))
+                    self._tail.append(_ANSI_ESCAPE.sub("", raw.decode("utf-8", "replace")).rstrip("\n"))
         except (OSError, ValueError):
             pass
         finally:
@@ -364,15 +413,17 @@ class EmbeddedBroker:
                     f"tansu exited with status {code} during startup on port {port}:\n{self.output_tail()}"
                 )
             try:
-                probe_kafka(HOST, port, timeout=max(0.2, min(1.0, deadline - time.monotonic())))
+                answer = probe_kafka(HOST, port, timeout=max(0.2, min(1.0, deadline - time.monotonic())))
             except OSError as exc:
                 last_error = exc
             else:
-                self.startup_seconds = time.monotonic() - started
-                return
+                if answer.cluster_id == self._cluster_id:
+                    self.startup_seconds = time.monotonic() - started
+                    return
+                last_error = BrokerError(f"port {port} answered for cluster {answer.cluster_id!r}")
             if time.monotonic() >= deadline:
                 raise BrokerError(
-                    f"tansu on port {port} did not answer ApiVersions within {self._startup_timeout:.1f}s "
+                    f"tansu on port {port} did not answer a Metadata request within {self._startup_timeout:.1f}s "
                     f"(last error: {last_error!r}); output:\n{self.output_tail()}"
                 )
             time.sleep(0.02)

@@ -102,9 +102,7 @@ class ApiError(Exception):
 
 
 def _pydantic_errors(exc: ValidationError) -> list[dict[str, Any]]:
-    return [
-        {"field": ".".join(str(p) for p in e["loc"]) or "(body)", "message": e["msg"]} for e in exc.errors()
-    ]
+    return [{"field": ".".join(str(p) for p in e["loc"]) or "(body)", "message": e["msg"]} for e in exc.errors()]
 
 
 async def read_model(request: web.Request, model: type[M]) -> M:

@@ -1,0 +1,160 @@
+"""Configuration: one TOML file plus environment variables, validated with pydantic.
+
+Environment variables override the file: ``CHARGING_<SECTION>__<KEY>`` (double
+underscore between levels), e.g. ``CHARGING_DATABASE__URL=postgresql+psycopg://...``
+or ``CHARGING_KAFKA__BOOTSTRAP=broker:9092``.  Values are parsed as JSON where they
+parse (numbers, booleans, lists), else taken as strings.  Every error names the key
+and says why.  ``config/charging.example.toml`` documents every key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from billing.settings import BillingSettings
+from cdf.settings import CdfSettings
+from ocf.settings import OcfSettings
+
+ENV_PREFIX = "CHARGING_"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DatabaseSettings(_Section):
+    url: str = "sqlite:///var/charging.db"
+    migrate_on_start: bool = True
+    pool_size: int = Field(default=5, ge=1, le=100)
+
+
+class KafkaSettings(_Section):
+    bootstrap: str | None = None  # None: start the embedded broker (tansu) as a child process
+    embedded_port: int = Field(default=0, ge=0, le=65535)  # 0 picks a free port
+    cdr_topic: str = "charging.cdrs"
+    dead_letter_topic: str = "charging.cdrs.dead-letter"
+    partitions: int = Field(default=4, ge=1, le=1024)
+
+
+class PeerSettings(_Section):
+    host: str  # the peer's Origin-Host
+    realm: str = ""
+    address: str | None = None  # dial target and the only source address accepted for this peer
+    port: int | None = Field(default=None, ge=1, le=65535)
+    tls: bool = False
+    dial: bool = True
+
+
+class TlsSettings(_Section):
+    certfile: str
+    keyfile: str
+    cafile: str | None = None
+    verify_peer: bool = True
+
+
+class DiameterSettings(_Section):
+    origin_host: str = "charging.localdomain"
+    origin_realm: str = "localdomain"
+    listen_address: str = "127.0.0.1"
+    port: int = Field(default=3868, ge=0, le=65535)
+    tls_port: int | None = Field(default=None, ge=0, le=65535)
+    tls: TlsSettings | None = None
+    host_ip_addresses: list[str] = Field(default_factory=lambda: ["127.0.0.1"])
+    peers: list[PeerSettings] = Field(default_factory=list)
+    allowed_realms: list[str] = Field(default_factory=list)
+    # On the embedded defaults peers from loopback are accepted unconfigured, so a first client just works.
+    allowed_networks: list[str] = Field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+    strict: bool = False
+    watchdog_seconds: float = Field(default=30.0, gt=0)
+    request_timeout_seconds: float = Field(default=5.0, gt=0)
+    duplicate_window_seconds: float = Field(default=10.0, ge=0)
+
+    @field_validator("origin_host", "origin_realm")
+    @classmethod
+    def _identity(cls, value: str) -> str:
+        if not value or any(c.isspace() for c in value) or not value.isascii():
+            raise ValueError("must be an ASCII DiameterIdentity without spaces")
+        return value
+
+
+class HttpSettings(_Section):
+    listen_address: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    read_tokens: list[str] = Field(default_factory=list)
+    admin_tokens: list[str] = Field(default_factory=list)
+    max_body_bytes: int = Field(default=1 << 20, ge=1024)
+
+
+class LoggingSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["json", "text"] = "json"
+
+
+class Settings(_Section):
+    roles: list[Literal["cdf", "ocf", "billing"]] = Field(default_factory=lambda: ["cdf", "ocf", "billing"])
+    node_id: str = "charging-1"  # names this process in CDRs and logs; unique per instance
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    diameter: DiameterSettings = Field(default_factory=DiameterSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    ocf: OcfSettings = Field(default_factory=OcfSettings)
+    cdf: CdfSettings = Field(default_factory=CdfSettings)
+    billing: BillingSettings = Field(default_factory=BillingSettings)
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names each key and why."""
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
+        try:
+            value: Any = json.loads(raw)
+        except ValueError:
+            value = raw
+        node = tree
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{name}: {'.'.join(path)} cannot be both a value and a section")
+        node[path[-1]] = value
+    return tree
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_settings(path: str | Path | None = None, environ: dict[str, str] | None = None) -> Settings:
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such configuration file") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    data = _merge(data, _env_overrides(dict(os.environ if environ is None else environ)))
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        lines = [f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}" for err in exc.errors()]
+        source = str(path) if path else "configuration"
+        raise ConfigError(f"{source} is invalid:\n  " + "\n  ".join(lines)) from None
