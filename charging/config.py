@@ -96,8 +96,12 @@ class LoggingSettings(_Section):
     format: Literal["json", "text"] = "json"
 
 
+Role = Literal["cdf", "ocf", "billing"]
+ALL_ROLES: list[Role] = ["cdf", "ocf", "billing"]
+
+
 class Settings(_Section):
-    roles: list[Literal["cdf", "ocf", "billing"]] = Field(default_factory=lambda: ["cdf", "ocf", "billing"])
+    roles: list[Role] = Field(default_factory=lambda: list(ALL_ROLES))
     node_id: str = "charging-1"  # names this process in CDRs and logs; unique per instance
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
