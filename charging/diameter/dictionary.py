@@ -22,12 +22,13 @@ File format (one directive per line; ``#`` starts a comment)::
 from __future__ import annotations
 
 import re
+import struct
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
-from charging.diameter.types import data_type, type_names
+from charging.diameter.types import data_type, time_to_ntp, type_names
 
 FLAG_VENDOR = 0x80
 FLAG_MANDATORY = 0x40
@@ -38,6 +39,7 @@ MANDATORY_MAY = "may"
 MANDATORY_MUSTNOT = "mustnot"
 
 _PAD = (b"", b"\x00\x00\x00", b"\x00\x00", b"\x00")
+_U32 = struct.Struct(">I")
 
 
 def avp_key(code: int, vendor_id: int) -> int:
@@ -122,6 +124,7 @@ class Dictionary:
     def __init__(self) -> None:
         self.by_name: dict[str, AvpDef] = {}
         self.by_key: dict[int, AvpDef] = {}
+        self.encoders: dict[str, Callable[[Any], bytes]] = {}  # name -> whole-AVP encoder, for the hot path
         self.commands: dict[int, CommandDef] = {}
         self.commands_by_abbrev: dict[str, CommandDef] = {}
         self.applications: dict[int, str] = {}
@@ -179,6 +182,7 @@ class Dictionary:
         self.by_name[name] = defn
         self.by_key[key] = defn
         _compile(defn, self)
+        self.encoders[name] = defn.encode
         return defn
 
     def load_text(self, text: str, source: str = "<text>") -> None:
@@ -328,51 +332,105 @@ class Dictionary:
 STANDARD_FILES = ("base.txt", "creditcontrol.txt", "tgpp.txt")
 
 
+_HEADER = struct.Struct(">II")
+_HEADER_VENDOR = struct.Struct(">III")
+# struct codes of the fixed-size types; Time is packed after conversion to NTP seconds.
+_FIXED_FORMAT = {
+    "Integer32": "i",
+    "Integer64": "q",
+    "Unsigned32": "I",
+    "Unsigned64": "Q",
+    "Float32": "f",
+    "Float64": "d",
+    "Enumerated": "i",
+    "Time": "I",
+}
+_STRING_TYPES = {"OctetString", "UTF8String", "DiameterIdentity", "DiameterURI", "IPFilterRule", "QoSFilterRule"}
+
+
 def _compile(defn: AvpDef, dictionary: Dictionary) -> None:
-    """Give ``defn`` an encoder for the whole AVP and a decoder for its data."""
-    code_bytes = defn.code.to_bytes(4, "big")
-    vendor_bytes = defn.vendor_id.to_bytes(4, "big") if defn.vendor_id else b""
-    header_len = 12 if defn.vendor_id else 8
+    """Give ``defn`` an encoder for the whole AVP (header packed in one call) and a decoder for its data."""
+    code = defn.code
+    vendor = defn.vendor_id
     flag_bits = defn.flags << 24
+    header_len = 12 if vendor else 8
     dt = data_type(defn.type_name)
     data_encode = dt.encode
     defn.decode = dt.decode
+    name = defn.name
+    pack_header = _HEADER.pack
+    pack_header_vendor = _HEADER_VENDOR.pack
 
     if defn.is_grouped:
+        encoders = dictionary.encoders
 
         def encode_grouped(value: Any) -> bytes:
-            data = encode_group_data(value, dictionary)
-            return code_bytes + (flag_bits | (header_len + len(data))).to_bytes(4, "big") + vendor_bytes + data
+            if type(value) is dict:
+                # encode_group_data's dict case, inlined: groups nest, and a call per level adds up.
+                parts: list[bytes] = []
+                append = parts.append
+                for avp_name, item in value.items():
+                    encode = encoders.get(avp_name)
+                    if encode is None:
+                        raise KeyError(f"no AVP named {avp_name!r} in the dictionary")
+                    if type(item) is list:
+                        for element in item:
+                            append(encode(element))
+                    else:
+                        append(encode(item))
+                data = b"".join(parts)
+            else:
+                data = encode_group_data(value, dictionary)
+            if vendor:
+                return pack_header_vendor(code, flag_bits | (12 + len(data)), vendor) + data
+            return pack_header(code, flag_bits | (8 + len(data))) + data
 
         defn.encode = encode_grouped
     elif dt.size is not None:
-        header = code_bytes + (flag_bits | (header_len + dt.size)).to_bytes(4, "big") + vendor_bytes
-        if defn.is_enumerated:
-            names = defn.enum_by_name
+        word = flag_bits | (header_len + dt.size)
+        fixed = struct.Struct(">II" + ("I" if vendor else "") + _FIXED_FORMAT[defn.type_name])
+        pack = fixed.pack
+        names = defn.enum_by_name
+        is_time = defn.type_name == "Time"
 
-            def encode_enum(value: Any) -> bytes:
-                if isinstance(value, str):
-                    try:
-                        value = names[value]
-                    except KeyError:
-                        raise ValueError(f"{defn.name} has no value named {value!r}") from None
-                return header + data_encode(value)
+        def encode_fixed(value: Any) -> bytes:
+            if is_time:
+                value = time_to_ntp(value)
+            elif type(value) is str and names:
+                try:
+                    value = names[value]
+                except KeyError:
+                    raise ValueError(f"{name} has no value named {value!r}") from None
+            try:
+                return pack(code, word, vendor, value) if vendor else pack(code, word, value)
+            except struct.error as exc:
+                raise ValueError(f"{name} cannot hold {value!r}: {exc}") from None
 
-            defn.encode = encode_enum
+        defn.encode = encode_fixed
+    elif defn.type_name in _STRING_TYPES:
+        if vendor:
+
+            def encode_string(value: Any) -> bytes:
+                data = value.encode() if type(value) is str else data_encode(value)
+                n = len(data)
+                return pack_header_vendor(code, flag_bits | (12 + n), vendor) + data + _PAD[n & 3]
+
         else:
 
-            def encode_fixed(value: Any) -> bytes:
-                return header + data_encode(value)
+            def encode_string(value: Any) -> bytes:
+                data = value.encode() if type(value) is str else data_encode(value)
+                n = len(data)
+                return pack_header(code, flag_bits | (8 + n)) + data + _PAD[n & 3]
 
-            defn.encode = encode_fixed
+        defn.encode = encode_string
     else:
 
         def encode_variable(value: Any) -> bytes:
             data = data_encode(value)
             n = len(data)
-            return b"".join(
-                (code_bytes, (flag_bits | (header_len + n)).to_bytes(4, "big"), vendor_bytes, data, _PAD[n & 3])
-            )
+            if vendor:
+                return pack_header_vendor(code, flag_bits | (12 + n), vendor) + data + _PAD[n & 3]
+            return pack_header(code, flag_bits | (8 + n)) + data + _PAD[n & 3]
 
         defn.encode = encode_variable
 
@@ -381,10 +439,24 @@ def encode_group_data(value: Any, dictionary: Dictionary) -> bytes:
     """Encode the data of a Grouped AVP.
 
     ``value`` is a mapping of AVP name to value (a list value repeats the AVP),
-    a sequence of ``(name, value)`` pairs or of objects with ``to_bytes()`` (AVPs
-    kept from a received message), or an object with ``data_bytes()`` (a group
-    received and passed on as it is).
+    a sequence of ``(name, value)`` pairs, AVPs kept from a received message or
+    encoded AVPs, or an object with ``data_bytes()`` (a group received and passed
+    on as it is).
     """
+    if type(value) is dict:  # the common case, without the generator below
+        encoders = dictionary.encoders
+        parts: list[bytes] = []
+        append = parts.append
+        for avp_name, item in value.items():
+            encode = encoders.get(avp_name)
+            if encode is None:
+                raise KeyError(f"no AVP named {avp_name!r} in the dictionary")
+            if type(item) is list:
+                for element in item:
+                    append(encode(element))
+            else:
+                append(encode(item))
+        return b"".join(parts)
     data_bytes = getattr(value, "data_bytes", None)
     if data_bytes is not None:
         return data_bytes()  # type: ignore[no-any-return]

@@ -21,7 +21,7 @@ import struct
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from charging.diameter.dictionary import DICTIONARY, AvpDef, iter_encoded
+from charging.diameter.dictionary import DICTIONARY, AvpDef, encode_group_data, iter_encoded
 from charging.diameter.errors import MessageFormatError
 
 FLAG_REQUEST = 0x80
@@ -289,7 +289,7 @@ class Message(AvpContainer):
         self._tail: list[bytes] | None = None
         self._avps: list[Avp] | None = []
         if avps:
-            self._tail = list(iter_encoded(avps, DICTIONARY))
+            self._tail = [encode_group_data(avps, DICTIONARY)]
             self._avps = None
 
     # -- construction ---------------------------------------------------------------

@@ -145,13 +145,17 @@ def ntp_to_unix(ntp_seconds: int) -> int:
     return ntp_seconds + (1 << 32) - _UNIX_MINUS_NTP
 
 
-def encode_time(value: Any) -> bytes:
+def time_to_ntp(value: Any) -> int:
+    """NTP seconds of a datetime, or of a bare number taken as Unix seconds (what clocks give)."""
     if isinstance(value, datetime):
-        return _U32.pack(datetime_to_ntp(value))
+        return datetime_to_ntp(value)
     if isinstance(value, int | float):
-        # A bare number is taken as Unix seconds, which is what clocks give.
-        return _U32.pack(unix_to_ntp(value))
+        return unix_to_ntp(value)
     raise TypeError(f"Time wants a datetime or Unix seconds, got {type(value).__name__}")
+
+
+def encode_time(value: Any) -> bytes:
+    return _U32.pack(time_to_ntp(value))
 
 
 def decode_address(buf: bytes, start: int, end: int) -> AddressValue:
