@@ -236,6 +236,10 @@ class DiameterNode:
         self._stopping = True
         for server in self._servers:
             server.close()
+        # In-flight requests finish and their answers leave before the peers are told goodbye.
+        deadline = time.monotonic() + timeout
+        while any(not t.done() for t in self._tasks) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
         now = self.now()
         for peer in list(self.peers.values()):
             self._run(peer, peer.stop(now, DisconnectCause.REBOOTING))

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Sets up (Python environment, Debian test tools, PostgreSQL) and runs the checks and the test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/bootstrap.sh --system
+.venv/bin/ruff check .
+.venv/bin/mypy
+.venv/bin/pytest -q "$@"
