@@ -14,7 +14,7 @@ done
 
 if [ "$want_system" = 1 ]; then
   # Real protocol peers and decoders for interop tests, a browser for the billing page test.
-  packages=(tshark freediameter freediameter-extensions sip-tester chromium chromium-driver openssl)
+  packages=(tshark freediameterd freediameter-extensions sip-tester chromium chromium-driver openssl)
   missing=()
   for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -22,6 +22,8 @@ if [ "$want_system" = 1 ]; then
   if [ "${#missing[@]}" -gt 0 ]; then
     echo "installing Debian packages: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
+    # wireshark-common would ask whether users outside root may capture; the tests capture as root.
+    echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi

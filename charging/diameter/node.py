@@ -304,8 +304,7 @@ class DiameterNode:
         if conn is None:
             raise NoRouteError(f"peer {pending.peer.host} has no open connection")
         self._pending[msg.hop_by_hop] = pending
-        self._observe("send", pending.peer, msg)
-        conn.write(msg.to_bytes())
+        self._send(conn, pending.peer, msg)
 
     def _route(self, msg: Message, peer_host: str | None) -> Peer:
         if peer_host is not None:
@@ -374,6 +373,9 @@ class DiameterNode:
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=tls.cafile)
         ctx.load_cert_chain(tls.certfile, tls.keyfile)
         ctx.verify_mode = ssl.CERT_REQUIRED if tls.verify_peer and tls.cafile else ssl.CERT_NONE
+        # Diameter peers keep one long-lived connection and never resume a TLS session: TLS 1.3
+        # session tickets only cost bytes, and GnuTLS-based peers (freeDiameter) log each as an error.
+        ctx.num_tickets = 0
         return ctx
 
     def _client_ssl(self) -> ssl.SSLContext:
@@ -427,7 +429,7 @@ class DiameterNode:
             hbh = int.from_bytes(exc.header[12:16], "big")
             e2e = int.from_bytes(exc.header[16:20], "big")
             req = Message(code, app, flags & ~FLAG_RETRANSMIT, hbh, e2e)
-            conn.write(self._error_answer(req, exc.result_code, str(exc), None).to_bytes())
+            self._send(conn, conn.peer, self._error_answer(req, exc.result_code, str(exc), None))
         conn.close()
 
     # -- receiving ------------------------------------------------------------------------------------
@@ -503,7 +505,7 @@ class DiameterNode:
         for name, value in capabilities_avps(self.identity):
             if name not in ("Origin-Host", "Origin-Realm"):
                 cea.add(name, value)
-        conn.write(cea.to_bytes())
+        self._send(conn, None, cea)
         conn.close()
 
     def _run(self, peer: Peer, actions: list[Action]) -> None:
@@ -513,8 +515,7 @@ class DiameterNode:
                 assert isinstance(action, Send)
                 conn = self._connections.get(action.conn)
                 if conn is not None:
-                    self._observe("send", peer, action.message)
-                    conn.write(action.message.to_bytes())
+                    self._send(conn, peer, action.message)
             elif kind is Deliver:
                 assert isinstance(action, Deliver)
                 conn = self._connections.get(action.conn)
@@ -566,13 +567,13 @@ class DiameterNode:
             _, answer = cached
             log.info("duplicate %s e2e=%#x from %s answered again", msg.command_name, msg.end_to_end, peer.host)
             if isinstance(answer, bytes):
-                conn.write(_with_hbh(answer, msg.hop_by_hop))
+                self._send_bytes(conn, peer, _with_hbh(answer, msg.hop_by_hop))
             else:
                 hbh = msg.hop_by_hop
 
                 def resend(done: asyncio.Future[bytes]) -> None:
                     if not done.cancelled():
-                        conn.write(_with_hbh(done.result(), hbh))
+                        self._send_bytes(conn, peer, _with_hbh(done.result(), hbh))
 
                 answer.add_done_callback(resend)
             return
@@ -582,13 +583,13 @@ class DiameterNode:
                 code = ResultCode.DIAMETER_APPLICATION_UNSUPPORTED
             else:
                 code = ResultCode.DIAMETER_COMMAND_UNSUPPORTED
-            conn.write(self._error_answer(msg, code, "not served here", None).to_bytes())
+            self._send(conn, peer, self._error_answer(msg, code, "not served here", None))
             return
         try:
             notes = self._validator.check(msg)
         except DiameterError as exc:
             log.warning("%s from %s rejected: %s (%d)", msg.command_name, peer.host, exc, exc.result_code)
-            conn.write(self._error_answer(msg, exc.result_code, str(exc), exc.failed_avp).to_bytes())
+            self._send(conn, peer, self._error_answer(msg, exc.result_code, str(exc), exc.failed_avp))
             return
         if notes:
             log.info("%s from %s served despite: %s", msg.command_name, peer.host, "; ".join(notes))
@@ -616,12 +617,10 @@ class DiameterNode:
             self._answer_cache.pop(key, None)
             future.cancel()
             return
-        data = answer.to_bytes()
+        data = self._send(conn, peer, answer)
         self._answer_cache[key] = (self.now() + self.config.duplicate_window, data)
         self._answer_cache.move_to_end(key)
         future.set_result(data)
-        self._observe("send", peer, answer)
-        conn.write(data)
 
     def _error_answer(self, req: Message, code: int, text: str, failed: bytes | None) -> Message:
         """RFC 6733 7.2: E bit for protocol errors; Failed-AVP; the answer's required echoes kept."""
@@ -648,6 +647,20 @@ class DiameterNode:
         if failed:
             ans.add("Failed-AVP", [failed])
         return ans
+
+    def _send(self, conn: _Connection, peer: Peer | None, msg: Message) -> bytes:
+        """Write a message on a connection; every message that leaves the node passes here and is observed."""
+        data = msg.to_bytes()
+        if self.observers:
+            self._observe("send", peer, msg)
+        conn.write(data)
+        return data
+
+    def _send_bytes(self, conn: _Connection, peer: Peer | None, data: bytes) -> None:
+        """Write an already encoded message (a cached answer), observed like any other."""
+        if self.observers:
+            self._observe("send", peer, Message.decode(data))
+        conn.write(data)
 
     def _observe(self, direction: str, peer: Peer | None, msg: Message) -> None:
         for observer in self.observers:
