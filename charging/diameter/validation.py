@@ -11,6 +11,8 @@ raise like the rest.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from charging.diameter.constants import ResultCode
 from charging.diameter.dictionary import DICTIONARY, MANDATORY_MUST, MANDATORY_MUSTNOT, Dictionary, Rule
 from charging.diameter.errors import DiameterError, MessageFormatError
@@ -56,6 +58,7 @@ class Validator:
     def __init__(self, strict: bool = False, dictionary: Dictionary = DICTIONARY) -> None:
         self.strict = strict
         self.dictionary = dictionary
+        self._value_checks: dict[int, tuple[int, Callable[[bytes, int, int], object] | None]] = {}
 
     def check_header(self, msg: Message) -> list[str]:
         notes: list[str] = []
@@ -95,41 +98,64 @@ class Validator:
         notes.append(text)
 
     def _walk(self, avps: list[Avp], rule: Rule | None, path: list[Avp], notes: list[str], msg: Message) -> None:
+        """Check a list of AVPs against ``rule``, descending into grouped AVPs by their headers alone."""
         by_key = self.dictionary.by_key
-        counts: dict[int, list[Avp]] = {}
+        counts: dict[int, list[Avp]] | None = {} if rule is not None else None
         for avp in avps:
             key = avp.code | (avp.vendor_id << 32)
             defn = by_key.get(key)
-            if avp.flags & _RESERVED_AVP_BITS:
+            flags = avp.flags
+            if flags & _RESERVED_AVP_BITS:
                 self._deviate(notes, ResultCode.DIAMETER_INVALID_AVP_BITS, f"AVP {avp.code}: reserved bits set", None)
             if defn is None:
-                if avp.flags & AVP_FLAG_MANDATORY:
+                if flags & AVP_FLAG_MANDATORY:
                     raise DiameterError(
                         ResultCode.DIAMETER_AVP_UNSUPPORTED,
                         f"AVP {avp.code} (vendor {avp.vendor_id}) is not supported and has the M bit",
                         _wrap(path, avp.to_bytes()),
                     )
                 continue
-            mandatory = bool(avp.flags & AVP_FLAG_MANDATORY)
-            if mandatory and defn.mandatory == MANDATORY_MUSTNOT:
-                self._deviate(
-                    notes, ResultCode.DIAMETER_INVALID_AVP_BITS, f"{defn.name}: M bit set", _wrap(path, avp.to_bytes())
-                )
-            elif not mandatory and defn.mandatory == MANDATORY_MUST:
+            mandatory = defn.mandatory
+            if flags & AVP_FLAG_MANDATORY:
+                if mandatory == MANDATORY_MUSTNOT:
+                    self._deviate(
+                        notes,
+                        ResultCode.DIAMETER_INVALID_AVP_BITS,
+                        f"{defn.name}: M bit set",
+                        _wrap(path, avp.to_bytes()),
+                    )
+            elif mandatory == MANDATORY_MUST:
                 self._deviate(
                     notes,
                     ResultCode.DIAMETER_INVALID_AVP_BITS,
                     f"{defn.name}: M bit not set",
                     _wrap(path, avp.to_bytes()),
                 )
-            self._check_value(avp, defn.name, defn.type_name, path)
-            if defn.type_name == "Grouped":
+            check = self._value_checks.get(key)
+            if check is None:
+                check = self._value_checks[key] = _value_check(defn.type_name)
+            size, text_decoder = check
+            if size >= 0 and avp._end - avp._data != size:
+                raise DiameterError(
+                    ResultCode.DIAMETER_INVALID_AVP_LENGTH,
+                    f"{defn.name}: {defn.type_name} needs {size} octets, got {avp._end - avp._data}",
+                    _wrap(path, avp.to_bytes()),
+                )
+            if text_decoder is not None:
+                try:
+                    text_decoder(avp._buf, avp._data, avp._end)
+                except DiameterError as exc:
+                    raise DiameterError(exc.result_code, f"{defn.name}: {exc}", _wrap(path, avp.to_bytes())) from exc
+            if size == _GROUPED:
                 try:
                     members = parse_avps(avp._buf, avp._data, avp._end)
                 except MessageFormatError as exc:
                     raise DiameterError(exc.result_code, f"{defn.name}: {exc}", _wrap(path, avp.to_bytes())) from exc
-                self._walk(members, defn.rule, [*path, avp], notes, msg)
-            if rule is not None:
+                path.append(avp)
+                self._walk(members, defn.rule, path, notes, msg)
+                path.pop()
+            if counts is not None:
+                assert rule is not None
                 if key not in rule.by_key and not rule.any_avp:
                     self._deviate(
                         notes,
@@ -137,8 +163,12 @@ class Validator:
                         f"{defn.name} is not allowed here",
                         _wrap(path, avp.to_bytes()),
                     )
-                counts.setdefault(key, []).append(avp)
-        if rule is None:
+                seen = counts.get(key)
+                if seen is None:
+                    counts[key] = [avp]
+                else:
+                    seen.append(avp)
+        if rule is None or counts is None:
             return
         if len(avps) < rule.any_minimum:
             raise DiameterError(
@@ -179,20 +209,17 @@ class Validator:
                         failed,
                     )
 
-    def _check_value(self, avp: Avp, name: str, type_name: str, path: list[Avp]) -> None:
-        dt = data_type(type_name)
-        size = avp._end - avp._data
-        if dt.size is not None and size != dt.size:
-            raise DiameterError(
-                ResultCode.DIAMETER_INVALID_AVP_LENGTH,
-                f"{name}: {type_name} needs {dt.size} octets, got {size}",
-                _wrap(path, avp.to_bytes()),
-            )
-        if type_name in ("UTF8String", "DiameterIdentity", "DiameterURI", "Address"):
-            try:
-                dt.decode(avp._buf, avp._data, avp._end)
-            except DiameterError as exc:
-                raise DiameterError(exc.result_code, f"{name}: {exc}", _wrap(path, avp.to_bytes())) from exc
+
+_GROUPED = -2
+_TEXT_TYPES = ("UTF8String", "DiameterIdentity", "DiameterURI", "Address")
+
+
+def _value_check(type_name: str) -> tuple[int, Callable[[bytes, int, int], object] | None]:
+    """(fixed data size or -1, or _GROUPED; a decoder that validates the value, or None)."""
+    if type_name == "Grouped":
+        return _GROUPED, None
+    dt = data_type(type_name)
+    return (dt.size if dt.size is not None else -1), (dt.decode if type_name in _TEXT_TYPES else None)
 
 
 def required_answer_echoes(code: int, dictionary: Dictionary = DICTIONARY) -> list[str]:
