@@ -191,3 +191,125 @@ def acr_interim(n: int) -> Message:
     msg.hop_by_hop = v.hop_by_hop
     msg.end_to_end = v.end_to_end
     return msg
+
+
+# -- Rf ACRs of any IMS node, for the CDF tests and its load benchmark --------------------------------------
+
+ACR_RECORD_TYPES = {
+    "EVENT": "EVENT_RECORD",
+    "START": "START_RECORD",
+    "INTERIM": "INTERIM_RECORD",
+    "STOP": "STOP_RECORD",
+}
+# A re-INVITE that adds video to the call: the media change an INTERIM reports.
+VIDEO_MEDIA_NAME = "video 49154 RTP/AVP 98"
+VIDEO_MEDIA_DESCRIPTIONS = ("b=AS:384", "a=rtpmap:98 H264/90000", "a=sendrecv")
+
+
+def sdp_media(*, video: bool = False, sdp_type: str = "SDP_ANSWER") -> list[dict[str, Any]]:
+    """SDP-Media-Component values: the audio stream, and the video stream when ``video``."""
+    media: list[dict[str, Any]] = [
+        {
+            "SDP-Media-Name": SDP_MEDIA_NAME,
+            "SDP-Media-Description": list(SDP_MEDIA_DESCRIPTIONS),
+            "Media-Initiator-Flag": "CALLING_PARTY",
+            "SDP-Type": sdp_type,
+        }
+    ]
+    if video:
+        media.append(
+            {
+                "SDP-Media-Name": VIDEO_MEDIA_NAME,
+                "SDP-Media-Description": list(VIDEO_MEDIA_DESCRIPTIONS),
+                "Media-Initiator-Flag": "CALLING_PARTY",
+                "SDP-Type": sdp_type,
+            }
+        )
+    return media
+
+
+def ims_acr_avps(
+    *,
+    session_id: str,
+    origin_host: str,
+    record_type: str,
+    record_number: int,
+    node_functionality: str = "AS",
+    role_of_node: str | None = "ORIGINATING_ROLE",
+    icid: str | None = None,
+    originating_ioi: str | None = ORIGINATING_IOI,
+    terminating_ioi: str | None = TERMINATING_IOI,
+    calling_party: str | None = IMPU,
+    called_party: str | None = CALLED_PARTY,
+    sip_method: str = "INVITE",
+    event_time: int | None = None,
+    request_time: int | None = None,
+    response_time: int | None = None,
+    media: list[dict[str, Any]] | None = None,
+    interim_interval: int | None = None,
+    cause_code: int | None = None,
+    application_server: str | None = None,
+    origin_realm: str = ORIGIN_REALM,
+    destination_realm: str = CDF_REALM,
+    extra_ims: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The AVPs of a Rf ACR (TS 32.299 6.2.2) from any IMS node; ``record_type`` is EVENT/START/INTERIM/STOP."""
+    ims: dict[str, Any] = {"Event-Type": {"SIP-Method": sip_method}}
+    if role_of_node is not None:
+        ims["Role-Of-Node"] = role_of_node
+    ims["Node-Functionality"] = node_functionality
+    if calling_party is not None:
+        ims["Calling-Party-Address"] = calling_party
+    if called_party is not None:
+        ims["Called-Party-Address"] = called_party
+    stamps: dict[str, Any] = {}
+    if request_time is not None:
+        stamps["SIP-Request-Timestamp"] = request_time
+    if response_time is not None:
+        stamps["SIP-Response-Timestamp"] = response_time
+    if stamps:
+        ims["Time-Stamps"] = stamps
+    if application_server is not None:
+        ims["Application-Server-Information"] = {"Application-Server": application_server}
+    if originating_ioi is not None or terminating_ioi is not None:
+        ioi: dict[str, Any] = {}
+        if originating_ioi is not None:
+            ioi["Originating-IOI"] = originating_ioi
+        if terminating_ioi is not None:
+            ioi["Terminating-IOI"] = terminating_ioi
+        ims["Inter-Operator-Identifier"] = ioi
+    if icid is not None:
+        ims["IMS-Charging-Identifier"] = icid
+    if media:
+        ims["SDP-Media-Component"] = media
+    if cause_code is not None:
+        ims["Cause-Code"] = cause_code
+    if extra_ims:
+        ims.update(extra_ims)
+    avps: dict[str, Any] = {
+        "Session-Id": session_id,
+        "Origin-Host": origin_host,
+        "Origin-Realm": origin_realm,
+        "Destination-Realm": destination_realm,
+        "Accounting-Record-Type": ACR_RECORD_TYPES.get(record_type, record_type),
+        "Accounting-Record-Number": record_number,
+        "Acct-Application-Id": ACCOUNTING_APPLICATION_ID,
+    }
+    if interim_interval is not None:
+        avps["Acct-Interim-Interval"] = interim_interval
+    if event_time is not None:
+        avps["Event-Timestamp"] = event_time
+    avps["Service-Context-Id"] = SERVICE_CONTEXT_ID
+    avps["Service-Information"] = {
+        "Subscription-Id": [
+            {"Subscription-Id-Type": "END_USER_E164", "Subscription-Id-Data": MSISDN},
+            {"Subscription-Id-Type": "END_USER_SIP_URI", "Subscription-Id-Data": IMPU},
+        ],
+        "IMS-Information": ims,
+    }
+    return avps
+
+
+def ims_acr(**fields: Any) -> Message:
+    """A Rf ACR built with the project's codec; see ``ims_acr_avps`` for the fields."""
+    return Message.request("ACR", ACCOUNTING_APPLICATION_ID, ims_acr_avps(**fields))

@@ -19,7 +19,15 @@ from sqlalchemy import Engine
 from charging.config import ConfigError, Settings, load_settings
 from charging.db import make_engine, migrate
 
-COMMAND_MODULES = ("charging.serve", "ocf.cli", "cdf.cli", "billing.cli", "charging.trace.cli", "charging.gwf.cli")
+COMMAND_MODULES = (
+    "charging.serve",
+    "ocf.cli",
+    "cdf.cli",
+    "cdf.bx.cli",
+    "billing.cli",
+    "charging.trace.cli",
+    "charging.gwf.cli",
+)
 
 
 class CommandError(Exception):

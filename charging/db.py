@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, MetaData, create_engine, event, exc
-from sqlalchemy.pool import NullPool
 
 log = logging.getLogger("charging.db")
 
@@ -50,7 +49,11 @@ def is_sqlite(url: str) -> bool:
 def make_engine(url: str, *, schema: str | None = None, pool_size: int = 5) -> Engine:
     """An engine for ``url``; ``schema`` puts every table of a PostgreSQL connection in that schema."""
     if is_sqlite(url):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, poolclass=NullPool)
+        # Pooled, not opened per transaction: closing the last connection of a WAL database checkpoints and
+        # deletes the WAL, which made every group commit cost a checkpoint.
+        in_memory = url in ("sqlite://", "sqlite:///:memory:") or "mode=memory" in url
+        pooling: dict[str, Any] = {} if in_memory else {"pool_size": pool_size, "max_overflow": pool_size}
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **pooling)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

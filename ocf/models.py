@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 
 from charging.db import metadata
@@ -116,9 +117,26 @@ sessions = Table(
     Column("updated_at", Float, nullable=False),
     Column("expires_at", Float, nullable=False),  # Tcc: released by the OCF itself from here on
     Column("closed_at", Float, nullable=True),
-    Index("ix_ocf_sessions_account_state", "account_id", "state"),
-    Index("ix_ocf_sessions_state_expires", "state", "expires_at"),
-    Index("ix_ocf_sessions_pending_action", "pending_action"),
+    # Partial indexes: only open sessions, and only sessions with work pending, are ever looked up this way,
+    # and rows outside the predicate cost these indexes nothing on update.
+    Index(
+        "ix_ocf_sessions_open_account",
+        "account_id",
+        postgresql_where=text("state = 'open'"),
+        sqlite_where=text("state = 'open'"),
+    ),
+    Index(
+        "ix_ocf_sessions_open_expires",
+        "expires_at",
+        postgresql_where=text("state = 'open'"),
+        sqlite_where=text("state = 'open'"),
+    ),
+    Index(
+        "ix_ocf_sessions_pending_action",
+        "pending_action",
+        postgresql_where=text("pending_action IS NOT NULL"),
+        sqlite_where=text("pending_action IS NOT NULL"),
+    ),
 )
 
 # The answer to each CCR, written in the transaction of its effect: a repeat gets it again.

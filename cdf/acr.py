@@ -1,0 +1,305 @@
+"""What one Rf ACR says (TS 32.299 6.2.2, 7.2.77 IMS-Information), read out of the Diameter message.
+
+``parse_acr`` turns a received ACR into an :class:`Acr`, a plain value that the pure
+assembly works on.  It reads only; it raises ``DiameterError`` with the Result-Code and
+Failed-AVP that RFC 6733 7.5 asks for when the ACR cannot be an IMS record.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from charging.cdr import RECORD_TYPE_BY_NODE
+from charging.diameter import DICTIONARY, Avp, DiameterError, Message
+from charging.diameter.constants import ResultCode
+from charging.diameter.message import AvpContainer
+
+
+class AcrType(enum.IntEnum):
+    """Accounting-Record-Type (RFC 6733 9.8.1)."""
+
+    EVENT = 1
+    START = 2
+    INTERIM = 3
+    STOP = 4
+
+
+@dataclass(frozen=True, slots=True)
+class MediaComponent:
+    """One SDP-Media-Component (TS 32.299 7.2.180)."""
+
+    name: str | None
+    descriptions: tuple[str, ...]
+    initiator_flag: str | None
+    sdp_type: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ApplicationServer:
+    """One Application-Server-Information (TS 32.299 7.2.24)."""
+
+    address: str | None
+    provided_called_parties: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Acr:
+    """The facts of one ACR that a CDR is made of.  Times are Unix seconds."""
+
+    session_id: str
+    origin_host: str
+    origin_realm: str
+    record_type: AcrType
+    record_number: int
+    received_at: float  # CDF clock at arrival
+    node_functionality: str  # Node-Functionality name, e.g. "S_CSCF"
+    event_time: float | None = None  # Event-Timestamp: when the node saw what it reports
+    interim_interval: int | None = None
+    retransmitted: bool = False  # the T flag
+    user_name: str | None = None
+    service_context_id: str | None = None
+    subscription_ids: tuple[tuple[str, str], ...] = ()
+    role_of_node: str | None = None
+    icid: str | None = None
+    iois: tuple[tuple[str | None, str | None], ...] = ()  # (Originating-IOI, Terminating-IOI)
+    sip_method: str | None = None
+    event: str | None = None
+    calling_parties: tuple[str, ...] = ()
+    called_party: str | None = None
+    requested_parties: tuple[str, ...] = ()
+    sip_request_time: float | None = None
+    sip_response_time: float | None = None
+    sdp_session_descriptions: tuple[str, ...] = ()
+    media: tuple[MediaComponent, ...] = ()
+    cause_code: int | None = None
+    application_servers: tuple[ApplicationServer, ...] = ()
+    ims_communication_service_identifier: str | None = None
+    access_network_information: tuple[str, ...] = ()
+    extensions: dict[str, Any] = field(default_factory=dict)  # IMS-Information kept verbatim for the CDR
+
+    @property
+    def time(self) -> float:
+        """When the reported event happened: the node's Event-Timestamp, else the arrival at the CDF."""
+        return self.event_time if self.event_time is not None else self.received_at
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        """What makes a retransmission a duplicate."""
+        return (self.session_id, self.origin_host, self.record_number)
+
+
+def _enum_name(avp_name: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    return DICTIONARY.enum_name(avp_name, int(value)) or str(value)
+
+
+def _unix(value: Any) -> float | None:
+    return value.timestamp() if isinstance(value, datetime) else None
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _example(name: str, value: Any) -> bytes:
+    return Avp.build(name, value).to_bytes()
+
+
+def _wrap_in_service_information(inner: bytes) -> bytes:
+    """Failed-AVP for a member of IMS-Information, inside its parents (RFC 6733 7.5)."""
+    ims = DICTIONARY.avp("IMS-Information")
+    service = DICTIONARY.avp("Service-Information")
+    group = Avp.from_raw(ims.code, inner, ims.vendor_id, ims.flags).to_bytes()
+    return Avp.from_raw(service.code, group, service.vendor_id, service.flags).to_bytes()
+
+
+def _time_stamps(stamps: AvpContainer) -> tuple[float | None, float | None]:
+    request = _unix(stamps.get("SIP-Request-Timestamp"))
+    response = _unix(stamps.get("SIP-Response-Timestamp"))
+    request_ms = stamps.get("SIP-Request-Timestamp-Fraction")
+    response_ms = stamps.get("SIP-Response-Timestamp-Fraction")
+    if request is not None and request_ms is not None:
+        request += min(int(request_ms), 999) / 1000
+    if response is not None and response_ms is not None:
+        response += min(int(response_ms), 999) / 1000
+    return request, response
+
+
+def _media(group: AvpContainer) -> MediaComponent:
+    return MediaComponent(
+        name=group.get("SDP-Media-Name"),
+        descriptions=tuple(group.all("SDP-Media-Description")),
+        initiator_flag=_enum_name("Media-Initiator-Flag", group.get("Media-Initiator-Flag")),
+        sdp_type=_enum_name("SDP-Type", group.get("SDP-Type")),
+    )
+
+
+# IMS-Information members that the CDR schema has no field for, carried in Cdr.extensions.
+_EXTENSION_MEMBERS = (
+    "User-Session-Id",
+    "Outgoing-Session-Id",
+    "Called-Asserted-Identity",
+    "Associated-URI",
+    "Alternate-Charged-Party-Address",
+    "Number-Portability-Routing-Information",
+    "Carrier-Select-Routing-Information",
+    "Service-Id",
+    "IMS-Application-Reference-Identifier",
+    "Initial-IMS-Charging-Identifier",
+    "From-Address",
+    "IMS-Visited-Network-Identifier",
+    "Instance-Id",
+    "Served-Party-IP-Address",
+)
+_READ_MEMBERS = (
+    "Event-Type",
+    "Role-Of-Node",
+    "Node-Functionality",
+    "Calling-Party-Address",
+    "Called-Party-Address",
+    "Requested-Party-Address",
+    "Time-Stamps",
+    "Application-Server-Information",
+    "Inter-Operator-Identifier",
+    "IMS-Charging-Identifier",
+    "SDP-Session-Description",
+    "SDP-Media-Component",
+    "Cause-Code",
+    "Access-Network-Information",
+    "IMS-Communication-Service-Identifier",
+    *_EXTENSION_MEMBERS,
+)
+# (code | vendor << 32) -> name, to read IMS-Information in one pass over its members.
+_MEMBER_BY_KEY = {DICTIONARY.avp(n).key: n for n in _READ_MEMBERS}
+_EXTENSION_KEYS = {name: name.lower().replace("-", "_") for name in _EXTENSION_MEMBERS}
+
+
+def _members(group: AvpContainer) -> tuple[dict[str, list[Any]], dict[str, Avp]]:
+    """The values of the IMS-Information members read here, by name (every instance), and each first AVP."""
+    values: dict[str, list[Any]] = {}
+    first: dict[str, Avp] = {}
+    for avp in group:
+        name = _MEMBER_BY_KEY.get(avp.code | (avp.vendor_id << 32))
+        if name is None:
+            continue
+        if name in values:
+            values[name].append(avp.value)
+        else:
+            values[name] = [avp.value]
+            first[name] = avp
+    return values, first
+
+
+_TOP_LEVEL = (
+    "Session-Id",
+    "Origin-Host",
+    "Origin-Realm",
+    "Accounting-Record-Type",
+    "Accounting-Record-Number",
+    "Event-Timestamp",
+    "Acct-Interim-Interval",
+    "User-Name",
+    "Service-Context-Id",
+    "Service-Information",
+)
+_TOP_BY_KEY = {DICTIONARY.avp(n).key: n for n in _TOP_LEVEL}
+
+
+def parse_acr(msg: Message, received_at: float) -> Acr:
+    """The facts of an ACR that the node has validated against the dictionary."""
+    top: dict[str, Any] = {}
+    for avp in msg:  # one pass; the first instance of each counts
+        name = _TOP_BY_KEY.get(avp.code | (avp.vendor_id << 32))
+        if name is not None and name not in top:
+            top[name] = avp.value
+    record_type_value = top["Accounting-Record-Type"]
+    try:
+        record_type = AcrType(record_type_value)
+    except ValueError:
+        raise DiameterError(
+            ResultCode.DIAMETER_INVALID_AVP_VALUE,
+            f"Accounting-Record-Type {record_type_value} is not EVENT, START, INTERIM or STOP",
+            msg.avp("Accounting-Record-Type").to_bytes(),  # type: ignore[union-attr]
+        ) from None
+    service = top.get("Service-Information")
+    ims = service.get("IMS-Information") if service is not None else None
+    if service is None or ims is None:
+        raise DiameterError(
+            ResultCode.DIAMETER_MISSING_AVP,
+            "an IMS ACR needs Service-Information with IMS-Information (TS 32.299 6.2.2)",
+            _wrap_in_service_information(_example("Node-Functionality", 0)),
+        )
+    members, first = _members(ims)
+    functionality_avp = first.get("Node-Functionality")
+    if functionality_avp is None:
+        raise DiameterError(
+            ResultCode.DIAMETER_MISSING_AVP,
+            "IMS-Information needs Node-Functionality",
+            _wrap_in_service_information(_example("Node-Functionality", 0)),
+        )
+    functionality = DICTIONARY.enum_name("Node-Functionality", functionality_avp.value)
+    if functionality not in RECORD_TYPE_BY_NODE:
+        raise DiameterError(
+            ResultCode.DIAMETER_INVALID_AVP_VALUE,
+            f"Node-Functionality {functionality or functionality_avp.value} is not an IMS node",
+            _wrap_in_service_information(functionality_avp.to_bytes()),
+        )
+
+    def one(name: str) -> Any:
+        found = members.get(name)
+        return found[0] if found else None
+
+    def every(name: str) -> list[Any]:
+        return members.get(name, [])
+
+    event_type = one("Event-Type")
+    stamps = one("Time-Stamps")
+    request_time, response_time = _time_stamps(stamps) if stamps is not None else (None, None)
+    extensions: dict[str, Any] = {}
+    for name, key in _EXTENSION_KEYS.items():
+        values = members.get(name)
+        if values:
+            extensions[key] = [_text(v) for v in values] if len(values) > 1 else _text(values[0])
+    interval = top.get("Acct-Interim-Interval")
+    return Acr(
+        session_id=top["Session-Id"],
+        origin_host=top["Origin-Host"],
+        origin_realm=top["Origin-Realm"],
+        record_type=record_type,
+        record_number=int(top["Accounting-Record-Number"]),
+        received_at=received_at,
+        node_functionality=functionality,
+        event_time=_unix(top.get("Event-Timestamp")),
+        interim_interval=int(interval) if interval is not None else None,
+        retransmitted=msg.is_retransmit,
+        user_name=top.get("User-Name"),
+        service_context_id=top.get("Service-Context-Id"),
+        subscription_ids=tuple(
+            (_enum_name("Subscription-Id-Type", s.get("Subscription-Id-Type")) or "", s.get("Subscription-Id-Data", ""))
+            for s in service.all("Subscription-Id")
+        ),
+        role_of_node=_enum_name("Role-Of-Node", one("Role-Of-Node")),
+        icid=one("IMS-Charging-Identifier"),
+        iois=tuple((g.get("Originating-IOI"), g.get("Terminating-IOI")) for g in every("Inter-Operator-Identifier")),
+        sip_method=event_type.get("SIP-Method") if event_type is not None else None,
+        event=event_type.get("Event") if event_type is not None else None,
+        calling_parties=tuple(every("Calling-Party-Address")),
+        called_party=one("Called-Party-Address"),
+        requested_parties=tuple(every("Requested-Party-Address")),
+        sip_request_time=request_time,
+        sip_response_time=response_time,
+        sdp_session_descriptions=tuple(every("SDP-Session-Description")),
+        media=tuple(_media(g) for g in every("SDP-Media-Component")),
+        cause_code=one("Cause-Code"),
+        application_servers=tuple(
+            ApplicationServer(g.get("Application-Server"), tuple(g.all("Application-Provided-Called-Party-Address")))
+            for g in every("Application-Server-Information")
+        ),
+        ims_communication_service_identifier=one("IMS-Communication-Service-Identifier"),
+        access_network_information=tuple(_text(v) for v in every("Access-Network-Information")),
+        extensions=extensions,
+    )
