@@ -90,4 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module's main, not this __main__ copy: the packages' commands raise
+    # charging.cli.CommandError, which a second copy of this module would not recognise.
+    from charging.cli import main as cli_main
+
+    sys.exit(cli_main())

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from billing.settings import BillingSettings
+from cdf.bx.settings import BxSettings
 from cdf.settings import CdfSettings
 from ocf.settings import OcfSettings
 
@@ -110,6 +111,7 @@ class Settings(_Section):
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     ocf: OcfSettings = Field(default_factory=OcfSettings)
     cdf: CdfSettings = Field(default_factory=CdfSettings)
+    bx: BxSettings = Field(default_factory=BxSettings)  # TS 32.297 CDR files beside Kafka (docs/cdr-files.md)
     billing: BillingSettings = Field(default_factory=BillingSettings)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import json
 import logging
 import os
 import signal
@@ -26,6 +27,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from aiohttp import web
+from kafka import TopicPartition
 
 from charging.broker import EmbeddedBroker, create_topic
 from charging.clock import Clock, SystemClock
@@ -213,11 +215,27 @@ class Server:
             )
         return lines
 
+    def endpoints(self) -> dict[str, Any]:
+        """Where this process listens, for scripts and tests (``--ready-file``)."""
+        return {
+            "roles": self.roles,
+            "diameter": [list(b) for b in self.node.bound] if self.node is not None else [],
+            "http": f"http://{self.settings.http.listen_address}:{self.http_port}" if self.http_port else None,
+            "kafka": self.kafka_bootstrap,
+            "embedded_broker": self.broker is not None,
+            "database": _redact(self.settings.database.url),
+            "pid": os.getpid(),
+        }
+
     async def stop(self) -> None:
         self._stopping = True
         if self.node is not None:
             await self.node.stop()
         for service in reversed(self.services):
+            if service.name == "billing" and self.broker is not None and "cdf" in self.roles:
+                # The embedded broker keeps messages in memory only: billing must have taken every
+                # CDR the CDF published before the broker goes, or they would be gone with it.
+                await asyncio.to_thread(self._wait_billing_caught_up, 30.0)
             try:
                 await service.stop()
             except Exception:
@@ -228,6 +246,32 @@ class Server:
             await asyncio.to_thread(self.broker.stop)
         if self.engine is not None:
             self.engine.dispose()
+
+    def _wait_billing_caught_up(self, timeout: float) -> None:
+        from kafka import KafkaConsumer
+
+        assert self.kafka_bootstrap is not None
+        topic = self.settings.kafka.cdr_topic
+        # A consumer in billing's group that never subscribes: it only reads the group's committed offsets.
+        reader = KafkaConsumer(
+            bootstrap_servers=self.kafka_bootstrap,
+            group_id=self.settings.billing.consumer_group,
+            enable_auto_commit=False,
+        )
+        deadline = time.monotonic() + timeout
+        try:
+            partitions = [TopicPartition(topic, p) for p in sorted(reader.partitions_for_topic(topic) or ())]
+            while True:
+                ends = reader.end_offsets(partitions)
+                behind = sum(max(end - (reader.committed(tp) or 0), 0) for tp, end in ends.items())
+                if behind == 0:
+                    return
+                if time.monotonic() > deadline:
+                    log.error("billing is still %d CDRs behind the embedded broker at shutdown", behind)
+                    return
+                time.sleep(0.2)
+        finally:
+            reader.close(autocommit=False)
 
 
 def _redact(url: str) -> str:
@@ -269,7 +313,7 @@ async def run(settings: Settings, ready_file: str | None = None) -> int:
         print(line, flush=True)
     if ready_file:
         with open(ready_file + ".tmp", "w") as f:
-            f.write("\n".join(server.describe()) + "\n")
+            json.dump(server.endpoints(), f)
         os.replace(ready_file + ".tmp", ready_file)
     await stop.wait()
     await server.stop()
