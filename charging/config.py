@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from billing.settings import BillingSettings
 from cdf.bx.settings import BxSettings
 from cdf.settings import CdfSettings
+from charging.gwf.settings import GwfSettings
 from ocf.settings import OcfSettings
 
 ENV_PREFIX = "CHARGING_"
@@ -112,6 +113,7 @@ class Settings(_Section):
     ocf: OcfSettings = Field(default_factory=OcfSettings)
     cdf: CdfSettings = Field(default_factory=CdfSettings)
     bx: BxSettings = Field(default_factory=BxSettings)  # TS 32.297 CDR files beside Kafka (docs/cdr-files.md)
+    gwf: GwfSettings = Field(default_factory=GwfSettings)  # `charging gwf`, the IMS-GWF (docs/gwf.md)
     billing: BillingSettings = Field(default_factory=BillingSettings)
 
 

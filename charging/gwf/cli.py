@@ -10,13 +10,11 @@ import argparse
 import asyncio
 import contextlib
 import signal
-import tomllib
-from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from charging.config import ConfigError
+from charging.config import ConfigError, load_settings
 from charging.gwf.server import Gwf, node_for
 from charging.gwf.settings import GwfSettings
 from charging.logs import setup_logging
@@ -36,14 +34,8 @@ _FLAGS: list[tuple[str, str, type, str]] = [
 
 
 def load_gwf_settings(path: str | None, overrides: dict[str, Any]) -> GwfSettings:
-    data: dict[str, Any] = {}
-    if path:
-        try:
-            data = dict(tomllib.loads(Path(path).read_text()).get("gwf", {}))
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no such configuration file") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    """The [gwf] section of the configuration (file and CHARGING_GWF__* variables), then the flags."""
+    data = load_settings(path).gwf.model_dump(exclude_unset=True)
     for key, value in overrides.items():
         if key == "ocf":
             data["ocf"] = {**data.get("ocf", {}), **value}
