@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from sqlalchemy import Engine
 
-from charging.config import ConfigError, Settings, load_settings
+from charging.config import ConfigError, Settings, example_toml, load_settings
 from charging.db import make_engine, migrate
 
 COMMAND_MODULES = (
@@ -56,6 +56,17 @@ def _db_upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config_example(args: argparse.Namespace) -> int:
+    print(example_toml(), end="")
+    return 0
+
+
+def _config_check(args: argparse.Namespace) -> int:
+    settings_from(args)
+    print("configuration is valid")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="charging", description="IMS charging and billing engine")
     parser.add_argument("-c", "--config", default=os.environ.get("CHARGING_CONFIG"), help="TOML configuration file")
@@ -65,6 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
     upgrade = db_sub.add_parser("upgrade", help="apply the Alembic migrations")
     upgrade.add_argument("revision", nargs="?", default="heads")
     upgrade.set_defaults(func=_db_upgrade)
+    config = sub.add_parser("config", help="configuration")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    config_sub.add_parser("example", help="print every key with its default and meaning").set_defaults(
+        func=_config_example
+    )
+    config_sub.add_parser("check", help="validate the configuration (file and environment)").set_defaults(
+        func=_config_check
+    )
     for name in COMMAND_MODULES:
         try:
             module = importlib.import_module(name)
