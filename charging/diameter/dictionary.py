@@ -66,6 +66,7 @@ class Rule:
     any_avp: bool
     any_minimum: int = 0  # ``1* { AVP }``: at least this many AVPs of any kind
     by_key: dict[int, RuleEntry] = field(default_factory=dict)
+    required: list[RuleEntry] = field(default_factory=list)  # the entries with a minimum, checked every time
 
 
 @dataclass(slots=True)
@@ -313,6 +314,7 @@ class Dictionary:
             for entry in rule.entries:
                 entry.key = self.by_name[entry.name].key
                 rule.by_key[entry.key] = entry
+            rule.required = [e for e in rule.entries if e.minimum > 0]
         self._pending_rules = still
 
     def unresolved(self) -> list[str]:

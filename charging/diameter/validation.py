@@ -14,10 +14,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from charging.diameter.constants import ResultCode
-from charging.diameter.dictionary import DICTIONARY, MANDATORY_MUST, MANDATORY_MUSTNOT, Dictionary, Rule
-from charging.diameter.errors import DiameterError, MessageFormatError
+from charging.diameter.dictionary import DICTIONARY, MANDATORY_MUST, MANDATORY_MUSTNOT, AvpDef, Dictionary, Rule
+from charging.diameter.errors import DiameterError
 from charging.diameter.message import (
+    _AVP_HEADER,
+    _U32,
     AVP_FLAG_MANDATORY,
+    AVP_FLAG_VENDOR,
     FLAG_ERROR,
     FLAG_PROXIABLE,
     FLAG_REQUEST,
@@ -47,18 +50,33 @@ def _example_avp(name: str, dictionary: Dictionary) -> Avp:
     return Avp.from_raw(defn.code, b"\x00" * size, defn.vendor_id, defn.flags)
 
 
-def _wrap(path: list[Avp], inner: bytes) -> bytes:
+Decoder = Callable[[bytes, int, int], object]
+# Per AVP key in a container: (definition, fixed size / _GROUPED / -1, value decoder to validate text,
+# the rule of a grouped AVP, flag mask, expected flags under the mask, named by the container's ABNF).
+_Info = tuple[AvpDef | None, int, Decoder | None, Rule | None, int, int, bool]
+
+# A grouped AVP on the way down to the one being checked: (code, flags, vendor, offset, length) in the buffer.
+Parent = tuple[int, int, int, int, int]
+
+
+def _wrap(path: list[Parent], inner: bytes) -> bytes:
     """Put an offending AVP back inside the grouped AVPs it was found in (RFC 6733 7.5)."""
-    for parent in reversed(path):
-        inner = Avp.from_raw(parent.code, inner, parent.vendor_id, parent.flags).to_bytes()
+    for code, flags, vendor, _, _ in reversed(path):
+        inner = Avp.from_raw(code, inner, vendor, flags).to_bytes()
     return inner
+
+
+def _raw_avp(buf: bytes, offset: int, length: int, end: int) -> bytes:
+    """The AVP at ``offset`` as it stands, padded; cut at ``end`` when its length runs past it."""
+    raw = buf[offset : min(offset + ((length + 3) & ~3), end)]
+    return raw + b"\x00" * (-len(raw) & 3)
 
 
 class Validator:
     def __init__(self, strict: bool = False, dictionary: Dictionary = DICTIONARY) -> None:
         self.strict = strict
         self.dictionary = dictionary
-        self._value_checks: dict[int, tuple[int, Callable[[bytes, int, int], object] | None]] = {}
+        self._tables: dict[int, dict[int, _Info]] = {}  # id(rule) -> AVP key -> what checking it takes
 
     def check_header(self, msg: Message) -> list[str]:
         notes: list[str] = []
@@ -85,11 +103,8 @@ class Validator:
                         f"missing {name}",
                         _example_avp(name, self.dictionary).to_bytes(),
                     )
-        try:
-            avps = msg.avps
-        except MessageFormatError as exc:
-            raise DiameterError(exc.result_code, str(exc), exc.failed_avp) from exc
-        self._walk(avps, rule, [], notes, msg)
+        buf, start = msg._body()
+        self._scan(buf, start, len(buf), rule, [], notes, msg)
         return notes
 
     def _deviate(self, notes: list[str], code: int, text: str, failed: bytes | None) -> None:
@@ -97,88 +112,118 @@ class Validator:
             raise DiameterError(code, text, failed)
         notes.append(text)
 
-    def _walk(self, avps: list[Avp], rule: Rule | None, path: list[Avp], notes: list[str], msg: Message) -> None:
-        """Check a list of AVPs against ``rule``, descending into grouped AVPs by their headers alone."""
-        by_key = self.dictionary.by_key
-        counts: dict[int, list[Avp]] | None = {} if rule is not None else None
-        for avp in avps:
-            key = avp.code | (avp.vendor_id << 32)
-            defn = by_key.get(key)
-            flags = avp.flags
-            if flags & _RESERVED_AVP_BITS:
-                self._deviate(notes, ResultCode.DIAMETER_INVALID_AVP_BITS, f"AVP {avp.code}: reserved bits set", None)
-            if defn is None:
-                if flags & AVP_FLAG_MANDATORY:
+    def _table(self, rule: Rule | None) -> dict[int, _Info]:
+        """The per-container lookup: one dict get per AVP gives everything the fast path needs."""
+        table = self._tables.get(id(rule))
+        if table is None:
+            table = self._tables[id(rule)] = {}
+        return table
+
+    def _info(self, key: int, rule: Rule | None, table: dict[int, _Info]) -> _Info:
+        defn = self.dictionary.by_key.get(key)
+        if defn is None:
+            info: _Info = (None, _UNKNOWN, None, None, 0, 0, False)
+        else:
+            size, decoder = _value_check(defn.type_name)
+            if defn.mandatory == MANDATORY_MUST:
+                mask, expect = _RESERVED_AVP_BITS | AVP_FLAG_MANDATORY, AVP_FLAG_MANDATORY
+            elif defn.mandatory == MANDATORY_MUSTNOT:
+                mask, expect = _RESERVED_AVP_BITS | AVP_FLAG_MANDATORY, 0
+            else:
+                mask, expect = _RESERVED_AVP_BITS, 0
+            allowed = rule is None or rule.any_avp or key in rule.by_key
+            info = (defn, size, decoder, defn.rule, mask, expect, allowed)
+        table[key] = info
+        return info
+
+    def _scan(
+        self,
+        buf: bytes,
+        start: int,
+        end: int,
+        rule: Rule | None,
+        path: list[Parent],
+        notes: list[str],
+        msg: Message,
+    ) -> None:
+        """Check the AVPs in ``buf[start:end]`` against ``rule``, reading headers in place (no objects),
+        and descend into grouped AVPs.  The loop is the hot path of every request: anything unusual
+        leaves it for ``_unusual``."""
+        unpack = _AVP_HEADER.unpack_from
+        table = self._table(rule)
+        counts: dict[int, int] = {}
+        found = 0
+        offset = start
+        while offset < end:
+            if end - offset < 8:
+                raise DiameterError(5014, "truncated AVP header", _wrap(path, _raw_avp(buf, offset, 8, end)))
+            code, flags_length = unpack(buf, offset)
+            flags = flags_length >> 24
+            length = flags_length & 0xFFFFFF
+            if flags & AVP_FLAG_VENDOR:
+                if length < 12 or end - offset < 12:
                     raise DiameterError(
-                        ResultCode.DIAMETER_AVP_UNSUPPORTED,
-                        f"AVP {avp.code} (vendor {avp.vendor_id}) is not supported and has the M bit",
-                        _wrap(path, avp.to_bytes()),
+                        5014, f"AVP {code}: length {length} too short", _wrap(path, _raw_avp(buf, offset, 12, end))
                     )
-                continue
-            mandatory = defn.mandatory
-            if flags & AVP_FLAG_MANDATORY:
-                if mandatory == MANDATORY_MUSTNOT:
-                    self._deviate(
-                        notes,
-                        ResultCode.DIAMETER_INVALID_AVP_BITS,
-                        f"{defn.name}: M bit set",
-                        _wrap(path, avp.to_bytes()),
+                key = code | (_U32.unpack_from(buf, offset + 8)[0] << 32)
+                data = offset + 12
+            else:
+                if length < 8:
+                    raise DiameterError(
+                        5014, f"AVP {code}: length {length} too short", _wrap(path, _raw_avp(buf, offset, 8, end))
                     )
-            elif mandatory == MANDATORY_MUST:
-                self._deviate(
-                    notes,
-                    ResultCode.DIAMETER_INVALID_AVP_BITS,
-                    f"{defn.name}: M bit not set",
-                    _wrap(path, avp.to_bytes()),
-                )
-            check = self._value_checks.get(key)
-            if check is None:
-                check = self._value_checks[key] = _value_check(defn.type_name)
-            size, text_decoder = check
-            if size >= 0 and avp._end - avp._data != size:
+                key = code
+                data = offset + 8
+            avp_end = offset + length
+            if avp_end > end:
                 raise DiameterError(
-                    ResultCode.DIAMETER_INVALID_AVP_LENGTH,
-                    f"{defn.name}: {defn.type_name} needs {size} octets, got {avp._end - avp._data}",
-                    _wrap(path, avp.to_bytes()),
+                    5014,
+                    f"AVP {code}: length {length} runs past its container",
+                    _wrap(path, _raw_avp(buf, offset, length, end)),
                 )
-            if text_decoder is not None:
-                try:
-                    text_decoder(avp._buf, avp._data, avp._end)
-                except DiameterError as exc:
-                    raise DiameterError(exc.result_code, f"{defn.name}: {exc}", _wrap(path, avp.to_bytes())) from exc
-            if size == _GROUPED:
-                try:
-                    members = parse_avps(avp._buf, avp._data, avp._end)
-                except MessageFormatError as exc:
-                    raise DiameterError(exc.result_code, f"{defn.name}: {exc}", _wrap(path, avp.to_bytes())) from exc
-                path.append(avp)
-                self._walk(members, defn.rule, path, notes, msg)
-                path.pop()
-            if counts is not None:
-                assert rule is not None
-                if key not in rule.by_key and not rule.any_avp:
-                    self._deviate(
-                        notes,
-                        ResultCode.DIAMETER_AVP_NOT_ALLOWED,
-                        f"{defn.name} is not allowed here",
-                        _wrap(path, avp.to_bytes()),
+            here = offset
+            offset += (length + 3) & ~3
+            found += 1
+            info = table.get(key)
+            if info is None:
+                info = self._info(key, rule, table)
+            defn, size, decoder, sub_rule, mask, expect, allowed = info
+            if (defn is None or flags & mask != expect or not allowed) and not self._unusual(
+                buf, here, length, end, key, flags, info, path, notes
+            ):
+                continue  # an unknown AVP without the M bit: kept, not checked
+            if size >= 0:
+                if avp_end - data != size:
+                    assert defn is not None
+                    raise DiameterError(
+                        ResultCode.DIAMETER_INVALID_AVP_LENGTH,
+                        f"{defn.name}: {defn.type_name} needs {size} octets, got {avp_end - data}",
+                        _wrap(path, _raw_avp(buf, here, length, end)),
                     )
-                seen = counts.get(key)
-                if seen is None:
-                    counts[key] = [avp]
-                else:
-                    seen.append(avp)
-        if rule is None or counts is None:
+            elif size == _GROUPED:
+                path.append((code, flags, key >> 32, here, length))
+                self._scan(buf, data, avp_end, sub_rule, path, notes, msg)
+                path.pop()
+            elif decoder is not None:
+                try:
+                    decoder(buf, data, avp_end)
+                except DiameterError as exc:
+                    assert defn is not None
+                    raise DiameterError(
+                        exc.result_code, f"{defn.name}: {exc}", _wrap(path, _raw_avp(buf, here, length, end))
+                    ) from exc
+            counts[key] = counts.get(key, 0) + 1
+        if rule is None:
             return
-        if len(avps) < rule.any_minimum:
+        if found < rule.any_minimum:
+            parent = path[-1] if path else None
             raise DiameterError(
                 ResultCode.DIAMETER_MISSING_AVP,
                 f"at least {rule.any_minimum} AVPs are required here",
-                _wrap(path[:-1], path[-1].to_bytes()) if path else None,
+                _wrap(path[:-1], _raw_avp(buf, parent[3], parent[4], len(buf))) if parent else None,
             )
-        for entry in rule.entries:
-            present = counts.get(entry.key, [])
-            if len(present) < entry.minimum:
+        for entry in rule.required:
+            if counts.get(entry.key, 0) < entry.minimum:
                 if not path and entry.name in _IMPLIED_BY_HEADER:
                     self._deviate(
                         notes,
@@ -192,25 +237,92 @@ class Validator:
                     f"missing {entry.name}",
                     _wrap(path, _example_avp(entry.name, self.dictionary).to_bytes()),
                 )
-            if entry.maximum is not None and len(present) > entry.maximum:
-                extra = present[entry.maximum]
-                failed = _wrap(path, extra.to_bytes())
-                if all(a.data == present[0].data for a in present):
-                    self._deviate(
-                        notes,
-                        ResultCode.DIAMETER_AVP_OCCURS_TOO_MANY_TIMES,
-                        f"{entry.name} repeated {len(present)} times with one value",
-                        failed,
-                    )
-                else:
-                    raise DiameterError(
-                        ResultCode.DIAMETER_AVP_OCCURS_TOO_MANY_TIMES,
-                        f"{entry.name} occurs {len(present)} times with different values",
-                        failed,
-                    )
+        by_rule_key = rule.by_key
+        for key, count in counts.items():
+            if count > 1:
+                bounded = by_rule_key.get(key)
+                if bounded is not None and bounded.maximum is not None and count > bounded.maximum:
+                    self._too_many(buf, start, end, key, bounded.name, bounded.maximum, path, notes)
+
+    def _unusual(
+        self,
+        buf: bytes,
+        here: int,
+        length: int,
+        end: int,
+        key: int,
+        flags: int,
+        info: _Info,
+        path: list[Parent],
+        notes: list[str],
+    ) -> bool:
+        """An unknown AVP, odd flag bits or an AVP the ABNF does not name; False: skip the AVP."""
+        defn, _, _, _, _, _, allowed = info
+        code, vendor = key & 0xFFFFFFFF, key >> 32
+        if flags & _RESERVED_AVP_BITS:
+            self._deviate(notes, ResultCode.DIAMETER_INVALID_AVP_BITS, f"AVP {code}: reserved bits set", None)
+        if defn is None:
+            if flags & AVP_FLAG_MANDATORY:
+                raise DiameterError(
+                    ResultCode.DIAMETER_AVP_UNSUPPORTED,
+                    f"AVP {code} (vendor {vendor}) is not supported and has the M bit",
+                    _wrap(path, _raw_avp(buf, here, length, end)),
+                )
+            return False
+        if flags & AVP_FLAG_MANDATORY and defn.mandatory == MANDATORY_MUSTNOT:
+            self._deviate(
+                notes,
+                ResultCode.DIAMETER_INVALID_AVP_BITS,
+                f"{defn.name}: M bit set",
+                _wrap(path, _raw_avp(buf, here, length, end)),
+            )
+        elif not flags & AVP_FLAG_MANDATORY and defn.mandatory == MANDATORY_MUST:
+            self._deviate(
+                notes,
+                ResultCode.DIAMETER_INVALID_AVP_BITS,
+                f"{defn.name}: M bit not set",
+                _wrap(path, _raw_avp(buf, here, length, end)),
+            )
+        if not allowed:
+            self._deviate(
+                notes,
+                ResultCode.DIAMETER_AVP_NOT_ALLOWED,
+                f"{defn.name} is not allowed here",
+                _wrap(path, _raw_avp(buf, here, length, end)),
+            )
+        return True
+
+    def _too_many(
+        self,
+        buf: bytes,
+        start: int,
+        end: int,
+        key: int,
+        name: str,
+        maximum: int,
+        path: list[Parent],
+        notes: list[str],
+    ) -> None:
+        """More instances than the ABNF allows: tolerated when they all say the same, else 5009."""
+        instances = [a for a in parse_avps(buf, start, end) if (a.code | (a.vendor_id << 32)) == key]
+        failed = _wrap(path, instances[maximum].to_bytes())
+        if all(a.data == instances[0].data for a in instances):
+            self._deviate(
+                notes,
+                ResultCode.DIAMETER_AVP_OCCURS_TOO_MANY_TIMES,
+                f"{name} repeated {len(instances)} times with one value",
+                failed,
+            )
+        else:
+            raise DiameterError(
+                ResultCode.DIAMETER_AVP_OCCURS_TOO_MANY_TIMES,
+                f"{name} occurs {len(instances)} times with different values",
+                failed,
+            )
 
 
 _GROUPED = -2
+_UNKNOWN = -3
 _TEXT_TYPES = ("UTF8String", "DiameterIdentity", "DiameterURI", "Address")
 
 
