@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -12,6 +13,7 @@ from sqlalchemy import Connection
 
 from cdf.api import CdfApi
 from cdf.assembly import Assembler, AssemblyConfig
+from cdf.bx.writer import BxFileWriter
 from cdf.files import CdrFileWriter
 from cdf.publisher import OutboxPublisher
 from cdf.server import RfServer
@@ -51,9 +53,7 @@ def sink_marks(ctx: ServiceContext) -> list[str]:
         marks.append("published_at")
     if settings.files_enabled:
         marks.append("jsonl_written_at")
-    # The TS 32.297 writer (cdf.bx) keeps its settings apart; any enabled "bx" section counts.
-    bx = getattr(ctx.settings, "bx", None) or getattr(settings, "bx", None)
-    if bx is not None and getattr(bx, "enabled", False):
+    if ctx.settings.bx.enabled:  # the TS 32.297 writer (cdf.bx)
         marks.append("file_written_at")
     return marks
 
@@ -86,6 +86,9 @@ class CdfService:
             marks=sink_marks(ctx),
             on_cdrs=self._closed,
         )
+        # A lease belongs to this process, not to the node id: two processes configured with one node id
+        # must still not both publish.  A restarted instance takes over when its old lease expires.
+        lease_owner = f"{ctx.node_id}/{uuid.uuid4().hex[:8]}"
         timing = SinkTiming(
             batch=settings.publish_batch,
             poll_seconds=settings.publish_poll_seconds,
@@ -100,7 +103,7 @@ class CdfService:
                 bootstrap=ctx.kafka_bootstrap,
                 topic=kafka.cdr_topic,
                 partitions=kafka.partitions,
-                owner=ctx.node_id,
+                owner=lease_owner,
                 clock=ctx.clock,
                 timing=timing,
                 delivery_timeout=settings.publish_timeout_seconds,
@@ -112,7 +115,7 @@ class CdfService:
             self.files = CdrFileWriter(
                 self._run_write,
                 directory=settings.files_directory,
-                owner=ctx.node_id,
+                owner=lease_owner,
                 clock=ctx.clock,
                 timing=SinkTiming(
                     batch=settings.publish_batch,
@@ -123,6 +126,12 @@ class CdfService:
                 max_bytes=settings.file_max_bytes,
                 max_records=settings.file_max_records,
                 max_age_seconds=settings.file_max_age_seconds,
+            )
+        # TS 32.297 CDR files for a billing domain (Bx), from the same outbox, marking their own column.
+        self.bx: BxFileWriter | None = None
+        if ctx.settings.bx.enabled:
+            self.bx = BxFileWriter(
+                ctx.engine, ctx.settings.bx, owner=lease_owner, clock=ctx.clock, run_write=self._run_write
             )
         self.api = CdfApi(ctx.engine, ctx.clock, settings.home_iois, self.sink_states)
         self._cdrs = ctx.metrics.counter("cdf_cdrs_total", "CDRs closed, by cause for record closing", ["cause"])
@@ -172,6 +181,8 @@ class CdfService:
         self.sweeper.start()
         for sink in self._sinks():
             sink.start()
+        if self.bx is not None:
+            self.bx.start()
 
     async def stop(self) -> None:
         await self.sweeper.stop()
@@ -179,18 +190,16 @@ class CdfService:
         # The sinks' last rounds write through the committer, which needs this loop: stop them off it.
         for sink in self._sinks():
             await asyncio.to_thread(sink.stop)
+        if self.bx is not None:
+            await asyncio.to_thread(self.bx.stop)  # closes the open file (shutdown is a closure trigger)
         self.committer.stop()
 
     def add_routes(self, app: web.Application, spec: OpenApi) -> None:
         self.api.add_routes(app, spec)
 
     def ready(self) -> bool:
-        try:
-            with self.ctx.engine.connect() as conn:
-                conn.exec_driver_sql("SELECT 1")
-        except Exception:
-            return False
-        return True
+        """The database answered the last ACR batch and the last sweep; a broker outage only grows the outbox."""
+        return self.writer.database_ok and self.sweeper.database_ok
 
     async def sweep_now(self) -> list[Cdr]:
         """Close what is due at the clock's now (tests and the CLI drive the clock)."""

@@ -123,10 +123,14 @@ class ConfigError(ValueError):
 
 def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
     tree: dict[str, Any] = {}
+    top_level = {n.upper() for n, f in Settings.model_fields.items() if not _is_section(f.annotation)}
     for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX) or "__" not in name:
+        if not name.startswith(ENV_PREFIX):
             continue
-        path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
+        key = name[len(ENV_PREFIX) :]
+        if "__" not in key and key not in top_level:
+            continue  # e.g. CHARGING_CONFIG, the file's path, is not a setting
+        path = [p.lower() for p in key.split("__")]
         try:
             value: Any = json.loads(raw)
         except ValueError:
@@ -138,6 +142,10 @@ def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
                 raise ConfigError(f"{name}: {'.'.join(path)} cannot be both a value and a section")
         node[path[-1]] = value
     return tree
+
+
+def _is_section(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

@@ -116,6 +116,7 @@ class Server:
         self.kafka_bootstrap: str | None = None
         self.engine: Any = None
         self._stopping = False
+        self._topic_task: asyncio.Task[None] | None = None
 
     @property
     def roles(self) -> list[Role]:
@@ -129,7 +130,12 @@ class Server:
         if _KAFKA_ROLES & set(self.roles):
             # Started from the main thread so the kernel kills it if this process dies (PR_SET_PDEATHSIG).
             self.kafka_bootstrap = s.kafka.bootstrap or self._start_broker()
-            await asyncio.to_thread(self._ensure_topics)
+            if self.broker is not None:
+                await asyncio.to_thread(self._ensure_topics)
+            else:
+                # An external cluster may be down at start-up; the CDF keeps answering with CDRs queued in its
+                # outbox, so topics are created in the background as soon as the cluster answers.
+                self._topic_task = asyncio.create_task(self._ensure_topics_eventually())
         if _DIAMETER_ROLES & set(self.roles):
             self.node = DiameterNode(node_config(s))
             self.node.observers.append(DiameterMetrics(self.metrics).observe)
@@ -155,6 +161,22 @@ class Server:
         port = self.settings.kafka.embedded_port or None
         self.broker = EmbeddedBroker(port=port).start()
         return self.broker.bootstrap
+
+    async def _ensure_topics_eventually(self) -> None:
+        delay = 1.0
+        while True:
+            try:
+                await asyncio.to_thread(self._ensure_topics)
+                return
+            except Exception as exc:
+                log.warning(
+                    "Kafka at %s not ready for topic creation (%s); retrying in %.0f s",
+                    self.kafka_bootstrap,
+                    exc,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
 
     def _ensure_topics(self) -> None:
         k = self.settings.kafka
@@ -229,6 +251,8 @@ class Server:
 
     async def stop(self) -> None:
         self._stopping = True
+        if self._topic_task is not None:
+            self._topic_task.cancel()
         if self.node is not None:
             await self.node.stop()
         for service in reversed(self.services):

@@ -100,7 +100,8 @@ class ServeProcess:
 
 @pytest.fixture
 def serve(tmp_path: Path) -> Iterator[ServeProcess]:
-    process = ServeProcess(tmp_path)
+    # TS 32.297 CDR files beside Kafka, as an operator's billing domain would collect them.
+    process = ServeProcess(tmp_path, bx__enabled="true", bx__directory=str(tmp_path / "cdr-files"))
     process.start()
     try:
         yield process
@@ -199,6 +200,20 @@ async def test_serve_answers_diameter_and_http_and_sample_traces_reach_billing_a
         assert 'charging_diameter_requests_total{command="CCA",result_code="4012"}' in metrics
     assert serve.terminate() == 0
     assert "Traceback" not in serve.log()
+    # Shutdown closed the open CDR file: the call's three records are in it, readable by `charging cdr decode`.
+    files = [p for p in (serve.workdir / "cdr-files").iterdir() if p.is_file()]
+    assert files, "no TS 32.297 file was written"
+    decoded = [
+        json.loads(
+            subprocess.run(
+                [sys.executable, "-m", "charging.cli", "cdr", "decode", "--json", str(f)],
+                cwd=REPO, capture_output=True, text=True, check=True,
+            ).stdout  # fmt: skip
+        )
+        for f in files
+    ]
+    text = json.dumps(decoded)
+    assert text.count(icid) >= 3, "the call's records are not in the CDR files"
 
 
 async def test_sigterm_under_load_loses_no_acknowledged_acr(serve: ServeProcess) -> None:
