@@ -48,6 +48,7 @@ class ApiAuth:
 
 
 AUTH_KEY = web.AppKey("charging_auth", ApiAuth)
+ROLE_KEY = web.RequestKey("charging_role", str)  # the authenticated caller's role; "" for public paths
 
 
 def json_error(status: int, error: str, detail: Any = None) -> web.Response:
@@ -62,17 +63,17 @@ async def auth_middleware(request: web.Request, handler: HandlerFn) -> web.Strea
     auth = request.app.get(AUTH_KEY)
     path = request.path
     if auth is None or not auth.tokens or path in auth.public_paths or path.startswith("/static/"):
-        request["role"] = ROLE_ADMIN if auth is None or not auth.tokens else None
+        request[ROLE_KEY] = ROLE_ADMIN if auth is None or not auth.tokens else ""
         return await handler(request)
     if request.method == "GET" and (path in ("/", "/ui") or path.startswith("/ui/")):
-        request["role"] = None  # the page itself; its data calls carry the token
+        request[ROLE_KEY] = ""  # the page itself; its data calls carry the token
         return await handler(request)
     role = auth.role_of(request.headers.get("Authorization"))
     if role is None:
         return json_error(401, "unauthorized", "a valid bearer token is required")
     if request.method not in ("GET", "HEAD", "OPTIONS") and role != ROLE_ADMIN:
         return json_error(403, "forbidden", "this token may only read")
-    request["role"] = role
+    request[ROLE_KEY] = role
     return await handler(request)
 
 

@@ -203,15 +203,13 @@ async def test_serve_answers_diameter_and_http_and_sample_traces_reach_billing_a
     # Shutdown closed the open CDR file: the call's three records are in it, readable by `charging cdr decode`.
     files = [p for p in (serve.workdir / "cdr-files").iterdir() if p.is_file()]
     assert files, "no TS 32.297 file was written"
-    decoded = [
-        json.loads(
-            subprocess.run(
-                [sys.executable, "-m", "charging.cli", "cdr", "decode", "--json", str(f)],
-                cwd=REPO, capture_output=True, text=True, check=True,
-            ).stdout  # fmt: skip
-        )
-        for f in files
-    ]
+    decoded = []
+    for path in files:
+        result = subprocess.run(
+            [sys.executable, "-m", "charging.cli", "cdr", "decode", "--json", str(path)],
+            cwd=REPO, capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        decoded.append(json.loads(result.stdout))
     text = json.dumps(decoded)
     assert text.count(icid) >= 3, "the call's records are not in the CDR files"
 
