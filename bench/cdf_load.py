@@ -124,16 +124,20 @@ async def play_calls(load: Load, node: DiameterNode, functionality: str, worker:
         load.calls += 1
 
 
-async def run_load(port: int, nodes: int, in_flight: int, seconds: float, warmup: float) -> Load:
+async def run_load(ports: list[int], nodes: int, in_flight: int, seconds: float, warmup: float) -> Load:
+    """Node ``i`` talks to the server on ``ports[i % len(ports)]``, as a DRA would spread them."""
     load = Load()
     run = uuid.uuid4().hex[:8]
-    clients = [(client(port, host), functionality) for host, functionality in node_hosts(nodes)]
+    clients = [
+        (client(ports[i % len(ports)], host), functionality)
+        for i, (host, functionality) in enumerate(node_hosts(nodes))
+    ]
     for node, _ in clients:
         await node.start()
     deadline = time.monotonic() + 10
     while not all(CDF_HOST in n.peers and n.peers[CDF_HOST].available for n, _ in clients):
         if time.monotonic() > deadline:
-            raise RuntimeError(f"could not connect every node to {CDF_HOST}:{port}")
+            raise RuntimeError(f"could not connect every node to {CDF_HOST} on {ports}")
         await asyncio.sleep(0.05)
     tasks = [
         asyncio.create_task(play_calls(load, node, functionality, worker, run))
@@ -197,9 +201,11 @@ class CdfProcess:
                 self.proc.wait()
 
 
-def start_cdf(url: str, bootstrap: str, workdir: Path) -> CdfProcess:
-    ready = workdir / "ready.txt"
-    log_path = workdir / "cdf.log"
+def start_cdf(url: str, bootstrap: str, workdir: Path, node_id: str = "cdf-1") -> CdfProcess:
+    ready = workdir / f"ready-{node_id}.txt"
+    log_path = workdir / f"{node_id}.log"
+    config = workdir / f"{node_id}.toml"
+    config.write_text(f'node_id = "{node_id}"\n')  # top-level keys have no environment variable
     env = {
         **os.environ,
         "CHARGING_DATABASE__URL": url,
@@ -212,7 +218,8 @@ def start_cdf(url: str, bootstrap: str, workdir: Path) -> CdfProcess:
         "CHARGING_LOGGING__LEVEL": "WARNING",
         "CHARGING_CDF__PUBLISH_POLL_SECONDS": "0.2",
     }
-    command = [sys.executable, "-m", "charging.cli", "serve", "--roles", "cdf", "--ready-file", str(ready)]
+    command = [sys.executable, "-m", "charging.cli", "-c", str(config), "serve", "--roles", "cdf"]
+    command += ["--ready-file", str(ready)]
     if os.environ.get("CDF_BENCH_PROFILE"):  # cProfile of the CDF process, written when it stops
         command[1:3] = ["-m", "cProfile", "-o", os.environ["CDF_BENCH_PROFILE"], "-m", "charging.cli"]
     with log_path.open("ab") as log:
@@ -223,11 +230,9 @@ def start_cdf(url: str, bootstrap: str, workdir: Path) -> CdfProcess:
             proc.kill()
             raise RuntimeError(f"the CDF did not start:\n{log_path.read_text()[-3000:]}")
         time.sleep(0.05)
-    lines = ready.read_text().splitlines()
-    diameter = next(line for line in lines if line.strip().startswith("Diameter"))
-    http = next(line for line in lines if line.strip().startswith("HTTP"))
-    diameter_port = int(diameter.split()[1].rsplit(":", 1)[1])
-    http_port = int(http.split()[1].rstrip("/").rsplit(":", 1)[1])
+    endpoints = json.loads(ready.read_text())  # charging serve --ready-file: where it listens, as JSON
+    diameter_port = int(endpoints["diameter"][0][1])
+    http_port = int(endpoints["http"].rsplit(":", 1)[1])
     return CdfProcess(proc, diameter_port, http_port, log_path)
 
 
@@ -335,14 +340,19 @@ def measure_cdf(args: argparse.Namespace) -> tuple[Load, dict[str, Any]]:
         workdir = Path(tmp)
         create_topic(broker.bootstrap, TOPIC, partitions=4, exist_ok=True)
         with database(args.postgres, workdir) as url:
-            cdf = start_cdf(url, broker.bootstrap, workdir)
+            instances: list[CdfProcess] = []
             try:
-                load = asyncio.run(run_load(cdf.diameter_port, args.nodes, args.in_flight, args.seconds, args.warmup))
+                for n in range(args.instances):
+                    instances.append(start_cdf(url, broker.bootstrap, workdir, f"cdf-{n + 1}"))
+                ports = [cdf.diameter_port for cdf in instances]
+                load = asyncio.run(run_load(ports, args.nodes, args.in_flight, args.seconds, args.warmup))
+                cdf = instances[0]
                 at_end = cdf.backlog()
                 backlog_at_end = at_end["unpublished"]
                 drain_seconds = wait_drained(cdf, timeout=300)
             finally:
-                cdf.stop()
+                for instance in instances:
+                    instance.stop()
             cdrs = read_cdrs(broker.bootstrap)
             published = published_ids(url)
     unique = {cdr["cdr_id"]: cdr for cdr in cdrs}
@@ -365,7 +375,7 @@ def measure_baseline(args: argparse.Namespace) -> Load:
     port = free_port()
     proc = start_baseline(port, args.nodes)
     try:
-        return asyncio.run(run_load(port, args.nodes, args.baseline_in_flight, args.seconds, args.warmup))
+        return asyncio.run(run_load([port], args.nodes, args.baseline_in_flight, args.seconds, args.warmup))
     finally:
         stop_baseline(proc)
 
@@ -379,6 +389,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--in-flight", type=int, default=16, help="calls in progress per node against the CDF")
     parser.add_argument("--baseline-in-flight", type=int, default=2, help="per node against python-diameter")
     parser.add_argument("--postgres", action="store_true", help="the CDF on PostgreSQL instead of SQLite")
+    parser.add_argument(
+        "--instances", type=int, default=1, help="CDF processes sharing the database, the nodes spread over them"
+    )
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--serve-baseline", nargs=2, metavar=("PORT", "NODES"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -390,7 +403,10 @@ def main(argv: list[str] | None = None) -> int:
 
     cdf_load, kafka = measure_cdf(args)
     store = "PostgreSQL" if args.postgres else "SQLite"
-    print(f"CDF ({args.nodes} IMS nodes x {args.in_flight} calls in flight, {store}, CDRs to Kafka (tansu))")
+    print(
+        f"CDF ({args.instances} process(es), {args.nodes} IMS nodes x {args.in_flight} calls in flight, {store}, "
+        "CDRs to Kafka (tansu))"
+    )
     print("  " + cdf_load.result.summary("CDF ACRs"))
     print(
         f"  calls completed {cdf_load.calls}, ACRs acknowledged {len(cdf_load.acked)}; outbox backlog at the end "

@@ -250,8 +250,9 @@ class CdfStore:
         )
         last = conn.execute(stmt).scalar()
         if last is None:
-            conn.execute(insert(sequence).values(cdf_id=self.cdf_id, last_value=count))
-            last = count
+            # The instance's first CDR: create its counter (another process of the same id may race us).
+            conn.execute(_insert(conn, sequence).values(cdf_id=self.cdf_id, last_value=0).on_conflict_do_nothing())
+            last = conn.execute(stmt).scalar_one()
         return int(last) - count + 1
 
 
@@ -314,6 +315,7 @@ class AcrWriter:
         self._tasks: set[asyncio.Task[None]] = set()
         self.batches = 0
         self.acrs = 0
+        self.database_ok = True  # whether the last transaction reached the database
 
     async def write(self, acr: Acr) -> Verdict:
         """The verdict on ``acr`` once its transaction committed; raises DatabaseUnavailable."""
@@ -353,6 +355,7 @@ class AcrWriter:
         try:
             result = await self.committer.run(unit)
         except DatabaseUnavailable as exc:
+            self.database_ok = False
             if not took:  # the transaction failed before the unit ran: its ACRs are still waiting
                 taken.extend(self._take())
                 took = True
@@ -368,6 +371,7 @@ class AcrWriter:
             return
         finally:
             self._requeue()
+        self.database_ok = True
         self.batches += 1
         self.acrs += len(taken)
         self._resolve(taken, result)

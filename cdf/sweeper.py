@@ -47,6 +47,7 @@ class Sweeper:
         self._task: asyncio.Task[None] | None = None
         self._last_purge: float | None = None
         self.closed_total = 0
+        self.database_ok = True  # whether the last sweep reached the database
 
     async def sweep(self) -> list[Cdr]:
         """Close everything due at the clock's now; returns the CDRs closed."""
@@ -85,11 +86,13 @@ class Sweeper:
             await asyncio.sleep(self.interval)
             try:
                 await self.sweep()
+                self.database_ok = True
                 now = self.clock.now()
                 if self._last_purge is None or now - self._last_purge >= PURGE_EVERY_SECONDS:
                     self._last_purge = now
                     await self.purge()
             except DatabaseUnavailable as exc:
+                self.database_ok = False
                 log.warning("sweep skipped, database unavailable: %s", exc)
             except Exception:
                 log.exception("sweep failed")

@@ -57,6 +57,7 @@ class CdfProcess:
             "CHARGING_LOGGING__FORMAT": "text",
             "CHARGING_CDF__PUBLISH_POLL_SECONDS": "0.1",
             "CHARGING_CDF__PUBLISH_BACKOFF_MAX_SECONDS": "0.5",
+            "CHARGING_CDF__LEASE_SECONDS": "2",  # the restarted process takes the publisher's lease over
         }
         self.ready_file = workdir / "ready.txt"
         self.log_path = workdir / "cdf.log"

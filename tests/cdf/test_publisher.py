@@ -38,7 +38,9 @@ def unpublished(cdf: RunningCdf) -> int:
         return int(backlog(conn, 0.0)["unpublished"])
 
 
-async def call(node_host: str, cdf_node: object, n: int, icid: str) -> list[tuple[str, str, int]]:
+async def call(
+    node_host: str, cdf_node: object, n: int, icid: str, cdf_host: str = "cdf.test"
+) -> list[tuple[str, str, int]]:
     """One three-ACR call of ``node_host``; returns the (session, host, number) of every ACR acknowledged."""
     from charging.diameter.node import DiameterNode
 
@@ -48,6 +50,7 @@ async def call(node_host: str, cdf_node: object, n: int, icid: str) -> list[tupl
     for number, kind in enumerate(["START", "INTERIM", "STOP"]):
         aca = await send_acr(
             cdf_node,
+            cdf_host,
             session_id=session,
             record_type=kind,
             record_number=number,
@@ -120,3 +123,28 @@ async def test_with_the_broker_cut_mid_load_acrs_are_answered_and_the_outbox_dra
     in_cdrs = Counter((c.session_id, c.node_address, n) for c in cdrs for n in c.accounting_record_numbers)
     assert set(in_cdrs) == set(acked)
     assert all(n == 1 for n in in_cdrs.values())
+
+
+async def test_two_instances_publish_each_cdr_once_even_when_given_one_node_id(
+    database: Database, proxied_broker: tuple[EmbeddedBroker, TcpProxy]
+) -> None:
+    broker, _ = proxied_broker
+    second_engine = database.new_engine()
+    common = {"clock": SystemClock(), "bootstrap": broker.bootstrap, "node_id": "cdf-1", **FAST_SINK}
+    try:
+        async with (
+            running_cdf(database.engine, host="cdf-a.test", **common) as cdf_a,  # type: ignore[arg-type]
+            running_cdf(second_engine, host="cdf-b.test", **common) as cdf_b,  # type: ignore[arg-type]
+            ims_node(cdf_a.port, "pcscf.test", cdf_host="cdf-a.test") as to_a,
+            ims_node(cdf_b.port, "scscf.test", cdf_host="cdf-b.test") as to_b,
+        ):
+            await asyncio.gather(
+                *(call("pcscf.test", to_a, n, f"icid-a{n}", "cdf-a.test") for n in range(10)),
+                *(call("scscf.test", to_b, n, f"icid-b{n}", "cdf-b.test") for n in range(10)),
+            )
+            await wait_until(lambda: unpublished(cdf_a) == 0, 20, "outbox published")
+    finally:
+        second_engine.dispose()
+    records = await asyncio.to_thread(read_topic, broker.bootstrap, TOPIC)
+    assert len({c.cdr_id for c in cdrs_in(records)}) == 40
+    assert len(records) == 40  # one publisher at a time: none sent twice

@@ -236,7 +236,9 @@ async def test_an_acr_that_is_not_an_ims_record_gets_the_rfc_answer_and_is_logge
 
 
 @pytest.mark.postgres
-async def test_with_the_database_unreachable_acrs_get_too_busy_and_nothing_is_stored(tmp_path: Path) -> None:
+async def test_with_the_database_unreachable_acrs_get_too_busy_nothing_is_stored_and_it_is_not_ready(
+    tmp_path: Path,
+) -> None:
     db = Database("postgresql", tmp_path)
     proxy = TcpProxy("127.0.0.1", 5432)
     assert db.schema is not None
@@ -253,12 +255,14 @@ async def test_with_the_database_unreachable_acrs_get_too_busy_and_nothing_is_st
                 busy = await scscf.request(stop, peer="cdf.test", timeout=20)
                 assert busy["Result-Code"] == ResultCode.DIAMETER_TOO_BUSY
                 assert busy.flags & FLAG_ERROR
+                assert not cdf.service.ready()
                 proxy.restore()
                 again = Message.decode(stop.to_bytes())
                 again.flags |= FLAG_RETRANSMIT
                 again.end_to_end = 0
                 stored = await scscf.request(again, peer="cdf.test")
                 assert stored["Result-Code"] == ResultCode.DIAMETER_SUCCESS
+                assert cdf.service.ready()
             with db.engine.connect() as conn:
                 numbers = sorted(r[0] for r in conn.execute(select(acr_log.c.record_number)))
             assert numbers == [0, 1]
