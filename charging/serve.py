@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import importlib
 import json
 import logging
@@ -333,6 +334,11 @@ async def run(settings: Settings, ready_file: str | None = None) -> int:
         log.exception("start-up failed")
         await server.stop()
         return 1
+    # Everything allocated at start-up lives as long as the process: keep the collector from walking it,
+    # and collect young objects less often, which shortens the pauses that show up in p99 latency.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
     for line in server.describe():
         print(line, flush=True)
     if ready_file:
