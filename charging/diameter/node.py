@@ -583,7 +583,13 @@ class DiameterNode:
         cached = self._answer_cache.get(key)
         if cached is not None:
             _, answer = cached
-            log.info("duplicate %s e2e=%#x from %s answered again", msg.command_name, msg.end_to_end, peer.host)
+            log.info(
+                "duplicate %s e2e=%#x from %s answered again",
+                msg.command_name,
+                msg.end_to_end,
+                peer.host,
+                extra=_log_context(msg, peer),
+            )
             if isinstance(answer, bytes):
                 self._send_bytes(conn, peer, _with_hbh(answer, msg.hop_by_hop))
             else:
@@ -606,11 +612,24 @@ class DiameterNode:
         try:
             notes = self._validator.check(msg)
         except DiameterError as exc:
-            log.warning("%s from %s rejected: %s (%d)", msg.command_name, peer.host, exc, exc.result_code)
+            log.warning(
+                "%s from %s rejected: %s (%d)",
+                msg.command_name,
+                peer.host,
+                exc,
+                exc.result_code,
+                extra=_log_context(msg, peer),
+            )
             self._send(conn, peer, self._error_answer(msg, exc.result_code, str(exc), exc.failed_avp))
             return
         if notes:
-            log.info("%s from %s served despite: %s", msg.command_name, peer.host, "; ".join(notes))
+            log.info(
+                "%s from %s served despite: %s",
+                msg.command_name,
+                peer.host,
+                "; ".join(notes),
+                extra=_log_context(msg, peer),
+            )
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._answer_cache[key] = (now + self.config.duplicate_window, future)
         self._spawn(self._handle(conn, peer, msg, handler, future, key))
@@ -711,6 +730,21 @@ class DiameterNode:
         task: asyncio.Task[Any] = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _log_context(msg: Message, peer: Peer) -> dict[str, str]:
+    """Session-Id and ICID for the log line of a request, when the request lets them be read."""
+    context = {"peer": peer.host}
+    try:
+        session = msg.get("Session-Id")
+        if session:
+            context["session_id"] = session
+        icid = msg.find("Service-Information/IMS-Information/IMS-Charging-Identifier")
+        if icid:
+            context["icid"] = icid
+    except DiameterError:
+        pass  # a broken message: the line says what is broken
+    return context
 
 
 def _with_hbh(answer: bytes, hop_by_hop: int) -> bytes:
