@@ -1,0 +1,43 @@
+"""Structured logs: one JSON object a line, with the session's identifiers when a line concerns one."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from charging.diameter import Message
+from charging.diameter.node import _log_context
+from charging.diameter.peer import LocalIdentity, Peer
+from charging.logs import JsonFormatter
+
+
+def test_json_lines_carry_session_id_and_icid_from_extra() -> None:
+    record = logging.LogRecord("charging.ocf", logging.WARNING, __file__, 1, "CCR %s refused", ("s1",), None)
+    record.session_id = "as.example.net;1;1"
+    record.icid = "icid-42"
+    line = json.loads(JsonFormatter().format(record))
+    assert line["message"] == "CCR s1 refused" and line["level"] == "WARNING"
+    assert (line["session_id"], line["icid"]) == ("as.example.net;1;1", "icid-42")
+
+
+def test_request_log_context_reads_session_id_and_icid() -> None:
+    acr = Message.request(
+        "ACR",
+        3,
+        {
+            "Session-Id": "scscf;1;2",
+            "Service-Information": {
+                "IMS-Information": {"Node-Functionality": "S_CSCF", "IMS-Charging-Identifier": "i-9"}
+            },
+        },
+    )
+    peer = Peer(LocalIdentity("cdf.test", "test"), "scscf.test")
+    assert _log_context(acr, peer) == {"peer": "scscf.test", "session_id": "scscf;1;2", "icid": "i-9"}
+
+
+def test_log_context_of_a_broken_request_does_not_raise() -> None:
+    header = bytearray(Message.request("ACR", 3).to_bytes()[:20])
+    header[1:4] = (28).to_bytes(3, "big")
+    # A Session-Id AVP (263) whose length claims 64 octets where 8 remain.
+    broken = Message.decode(bytes(header) + b"\x00\x00\x01\x07\x40\x00\x00\x40")
+    assert _log_context(broken, Peer(LocalIdentity("cdf.test", "test"), "x")) == {"peer": "x"}
