@@ -25,6 +25,8 @@ UNIT_MONEY = "money"
 RATED_UNITS = (UNIT_TIME, UNIT_OCTETS, UNIT_UNITS)
 
 MINUTES_PER_DAY = 24 * 60
+_CHOSEN_LIMIT = 10_000  # tariff choices a catalog remembers
+_ASCII_NON_DIGITS = {c: None for c in range(128) if not chr(c).isdigit()}
 
 
 class RatingError(Exception):
@@ -125,6 +127,11 @@ class Catalog:
     by_id: dict[int, Tariff] = field(default_factory=dict)
     # in_force() of the last span between two effective_from times asked about: [start, end)
     _span: tuple[float, float, list[Tariff]] = (0.0, -1.0, [])
+    # select()'s choices among the tariffs of that span, by (rating group, service, destination, minute of
+    # the day when a band is in force, else -1); None when nothing matches
+    _chosen: dict[tuple[int | None, int | None, str, int], Tariff | None] = field(default_factory=dict)
+    _chosen_among: list[Tariff] | None = None
+    _banded: bool = False
 
     @classmethod
     def of(cls, tariffs: Iterable[Tariff]) -> Catalog:
@@ -149,12 +156,28 @@ class Catalog:
         return found
 
     def select(self, rating_group: int | None, service_identifier: int | None, destination: str, at: float) -> Tariff:
-        candidates = [t for t in self.in_force(at) if t.matches(rating_group, service_identifier, destination, at)]
-        if not candidates:
+        current = self.in_force(at)
+        if current is not self._chosen_among:
+            # Another span: the choices made so far were among other tariffs.
+            self._chosen = {}
+            self._chosen_among = current
+            self._banded = any(t.band_start_minute is not None for t in current)
+        minute = int(at // 60) % MINUTES_PER_DAY if self._banded else -1
+        key = (rating_group, service_identifier, destination, minute)
+        chosen = self._chosen
+        if key in chosen:
+            found = chosen[key]
+        else:
+            candidates = [t for t in current if t.matches(rating_group, service_identifier, destination, at)]
+            found = max(candidates, key=lambda t: (t.specificity(), t.effective_from, t.id)) if candidates else None
+            if len(chosen) >= _CHOSEN_LIMIT:
+                chosen.clear()
+            chosen[key] = found
+        if found is None:
             raise RatingError(
                 f"no tariff for rating group {rating_group}, service {service_identifier}, destination {destination!r}"
             )
-        return max(candidates, key=lambda t: (t.specificity(), t.effective_from, t.id))
+        return found
 
 
 def destination_digits(address: str | None) -> str:
@@ -167,6 +190,8 @@ def destination_digits(address: str | None) -> str:
             user = user[len(scheme) :]
             break
     user = user.split("@", 1)[0].split(";", 1)[0]
+    if user.isascii():
+        return user.translate(_ASCII_NON_DIGITS)
     return "".join(c for c in user if c.isdigit())
 
 

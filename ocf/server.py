@@ -2,13 +2,16 @@
 
 ``OcfServer.on_ccr`` reads a CCR into a ``CreditRequest`` (refusing what cannot be
 served with the answer the RFCs require), hands it to the batcher, and sends the CCA the
-store committed.  ``encode_answer`` turns the credit-control decision into the CCA's
-AVPs; it runs in the writer thread so that the very bytes sent are the ones stored.
+store committed.  ``CcrReader`` reads the common CCRs straight from their bytes and leaves
+anything unusual to the general way over the node's AVP objects.  ``AnswerEncoder`` turns
+the credit-control decision into the CCA's AVPs while the batch is settled, so that the very
+bytes sent are the ones stored; AVPs that repeat from answer to answer are encoded once.
 """
 
 from __future__ import annotations
 
 import logging
+import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -33,6 +36,8 @@ _EXTENSION_TYPES = (
     ("Subscription-Id-NAI", 3),
     ("Subscription-Id-Private", 4),
 )
+_ENCODED_CACHE = 4096  # encoded AVPs kept by AnswerEncoder
+_CONTEXTS_KEPT = 1024  # served Service-Context-Ids the reader remembers
 _THRESHOLD_AVP = {
     UNIT_TIME: "Time-Quota-Threshold",
     UNIT_OCTETS: "Volume-Quota-Threshold",
@@ -91,8 +96,99 @@ class CcrReader:
         self.settings = settings
         self.served = set(settings.service_contexts)
         self.not_applicable = set(settings.not_applicable_contexts)
+        self._servable: set[str] = set()  # Service-Context-Ids seen that are served
+
+    def _learn_context(self, context: str) -> bool:
+        """Whether requests with this Service-Context-Id are served (and remember it when they are)."""
+        service = service_of_context(context)
+        if service not in self.served or service in self.not_applicable:
+            return False
+        if len(self._servable) < _CONTEXTS_KEPT:
+            self._servable.add(context)
+        return True
 
     def read(self, msg: Message) -> CreditRequest:
+        return self.read_with_proxies(msg)[0]
+
+    def read_with_proxies(self, msg: Message) -> tuple[CreditRequest, bool]:
+        """The request, and whether the CCR carries Proxy-Info (which the answer must echo)."""
+        buf = msg.to_bytes()
+        fast = self._fast(buf, msg.is_retransmit)
+        if fast is not None:
+            return fast
+        return self._read(msg), bool(msg.all("Proxy-Info"))
+
+    def _fast(self, buf: bytes, retransmit: bool) -> tuple[CreditRequest, bool] | None:
+        """The common CCR read straight from its bytes; None for anything unusual, which ``_read`` handles.
+
+        Only the AVPs the OCF acts on are decoded, with the dictionary's own decoders, and no AVP
+        objects are made.  Whatever this does not know how to take (a refusal, CC-Money, the RFC 8506
+        Subscription-Id-Extension, a malformed member) goes the general way, so both ways give the
+        same request or raise the same error.
+        """
+        try:
+            top = _scan(buf, _HEADER, len(buf), _TOP)
+            if top is None or _EXTENSION in top:
+                return None
+            context = _value(buf, top, _CONTEXT)
+            request_type = _value(buf, top, _REQUEST_TYPE)
+            if request_type not in (1, 2, 3, 4) or context is None:
+                return None
+            if context not in self._servable and not self._learn_context(context):
+                return None
+            req = CreditRequest(
+                session_id=_value(buf, top, _SESSION_ID),
+                request_type=request_type,
+                request_number=_value(buf, top, _REQUEST_NUMBER),
+                origin_host=_value(buf, top, _ORIGIN_HOST),
+                origin_realm=_value(buf, top, _ORIGIN_REALM),
+                service_context=context,
+                retransmit=retransmit,
+            )
+            for place in _places(top, _SUBSCRIPTION_ID):
+                group = _scan(buf, place >> 32, place & _LOW, _SUBSCRIPTION_MEMBERS)
+                if group is None or _SUB_TYPE not in group or _SUB_DATA not in group:
+                    return None
+                req.subscription_ids.append((_value(buf, group, _SUB_TYPE), _value(buf, group, _SUB_DATA)))
+            info = top.get(_SERVICE_INFORMATION)
+            if info is not None:
+                found = _scan(buf, info >> 32, info & _LOW, _SERVICE_INFORMATION_MEMBERS)  # type: ignore[operator]
+                if found is None:
+                    return None
+                ims_at = found.get(_IMS_INFORMATION)
+                if ims_at is not None:
+                    ims = _scan(buf, ims_at >> 32, ims_at & _LOW, _IMS_MEMBERS)  # type: ignore[operator]
+                    if ims is None:
+                        return None
+                    req.icid = _value(buf, ims, _ICID) or ""
+                    address = _value(buf, ims, _CALLED) or _value(buf, ims, _REQUESTED_PARTY)
+                    req.destination = destination_digits(address)
+            if request_type == CcRequestType.EVENT:
+                action = _value(buf, top, _REQUESTED_ACTION)
+                if action not in (0, 1, 2, 3):
+                    return None
+                req.requested_action = action
+            msccs = _places(top, _MSCC)
+            if msccs:
+                req.multiple_services = True
+                for place in msccs:
+                    members = _scan(buf, place >> 32, place & _LOW, _USE_MEMBERS)
+                    use = _fast_use(buf, members, in_mscc=True) if members is not None else None
+                    if use is None:
+                        return None
+                    req.services.append(use)
+            else:
+                use = _fast_use(buf, top, in_mscc=False)
+                if use is None:
+                    return None
+                if request_type == CcRequestType.INITIAL:
+                    use.requested_present = True  # a session start asks for credit, with or without a figure
+                req.services.append(use)
+            return req, _PROXY_INFO in top
+        except (DiameterError, ValueError, struct.error):
+            return None  # the general way raises the answer the RFCs ask for
+
+    def _read(self, msg: Message) -> CreditRequest:
         top = _index(msg)  # one pass over the AVPs instead of a scan per name
         context = _first(top, _K["Service-Context-Id"])
         service = service_of_context(context)
@@ -216,6 +312,206 @@ _K = {
 }
 
 
+# -- the fast way: AVPs found by scanning the bytes ---------------------------------------------------------------
+_HEADER = 20
+_AVP_HEAD = struct.Struct(">II")
+_VENDOR = struct.Struct(">I")
+Found = dict[int, int | list[int]]  # AVP key -> place, or places of an AVP that may repeat
+Wanted = dict[int, bool]  # AVP key -> whether every instance is wanted
+
+
+def _key(name: str) -> int:
+    defn = DICTIONARY.avp(name)
+    return defn.code | (defn.vendor_id << 32)
+
+
+def _scan(buf: bytes, start: int, end: int, wanted: Wanted) -> Found | None:
+    """Where the wanted AVPs of ``buf[start:end]`` hold their data, by key; None if the AVPs do not add up.
+
+    A place is one int, ``data start << 32 | data end``, so that a scan makes no objects but its dict:
+    the first instance of an AVP wanted once, a list of every instance of one wanted repeated.
+    """
+    found: Found = {}
+    unpack = _AVP_HEAD.unpack_from
+    offset = start
+    while offset < end:
+        if end - offset < 8:
+            return None
+        code, flags_length = unpack(buf, offset)
+        length = flags_length & 0xFFFFFF
+        if flags_length & 0x80000000:
+            if length < 12 or end - offset < 12:
+                return None
+            key = code | (_VENDOR.unpack_from(buf, offset + 8)[0] << 32)
+            data = offset + 12
+        else:
+            if length < 8:
+                return None
+            key = code
+            data = offset + 8
+        stop = offset + length
+        if stop > end:
+            return None
+        repeated = wanted.get(key)
+        if repeated is not None:
+            if repeated:
+                places = found.get(key)
+                if places is None:
+                    found[key] = [data << 32 | stop]
+                else:
+                    places.append(data << 32 | stop)  # type: ignore[union-attr]
+            elif key not in found:
+                found[key] = data << 32 | stop
+        offset += (length + 3) & ~3
+    return found
+
+
+_DECODERS: dict[int, Callable[[bytes, int, int], Any]] = {}
+_LOW = 0xFFFFFFFF
+
+
+def _value(buf: bytes, found: Found, key: int) -> Any:
+    """The first instance's value, decoded as the dictionary decodes it; None when absent."""
+    place = found.get(key)
+    if place is None:
+        return None
+    return _DECODERS[key](buf, place >> 32, place & _LOW)  # type: ignore[operator]
+
+
+def _values(buf: bytes, found: Found, key: int) -> list[Any]:
+    decode = _DECODERS[key]
+    return [decode(buf, place >> 32, place & _LOW) for place in found.get(key, ())]  # type: ignore[union-attr]
+
+
+def _places(found: Found, key: int) -> list[int]:
+    return found.get(key, _NONE)  # type: ignore[return-value]
+
+
+_NONE: list[int] = []
+
+
+def _fast_units(buf: bytes, group: Found | None) -> Units | bool | None:
+    """``units_of`` on a scanned group; False when it needs the general way (CC-Money, malformed)."""
+    if group is None:
+        return False
+    if _CC_TIME in group:
+        return Units(UNIT_TIME, _value(buf, group, _CC_TIME))
+    if _CC_TOTAL in group:
+        return Units(UNIT_OCTETS, _value(buf, group, _CC_TOTAL))
+    if _CC_INPUT in group or _CC_OUTPUT in group:
+        return Units(UNIT_OCTETS, (_value(buf, group, _CC_INPUT) or 0) + (_value(buf, group, _CC_OUTPUT) or 0))
+    if _CC_SSU in group:
+        return Units(UNIT_UNITS, _value(buf, group, _CC_SSU))
+    if _CC_MONEY in group:
+        return False
+    return None
+
+
+def _fast_use(buf: bytes, avps: Found, in_mscc: bool) -> ServiceUse | None:
+    use = ServiceUse(_value(buf, avps, _RATING_GROUP), _value(buf, avps, _SERVICE_IDENTIFIER))
+    rsu = avps.get(_RSU)
+    if rsu is not None:
+        use.requested_present = True
+        requested = _fast_units(buf, _scan(buf, rsu >> 32, rsu & _LOW, _UNIT_MEMBERS))  # type: ignore[operator]
+        if requested is False:
+            return None
+        use.requested = requested  # type: ignore[assignment]
+    for place in _places(avps, _USU):
+        group = _scan(buf, place >> 32, place & _LOW, _USED_MEMBERS)
+        used = _fast_units(buf, group)
+        if used is False or group is None:
+            return None
+        if used is not None:
+            use.used.append(used)  # type: ignore[arg-type]
+        if _REASON in group:
+            use.reporting_reasons.extend(_values(buf, group, _REASON))
+    if in_mscc:
+        use.reporting_reasons.extend(_values(buf, avps, _REASON))
+    return use
+
+
+(
+    _SESSION_ID,
+    _ORIGIN_HOST,
+    _ORIGIN_REALM,
+    _CONTEXT,
+    _REQUEST_TYPE,
+    _REQUEST_NUMBER,
+    _SUBSCRIPTION_ID,
+    _EXTENSION,
+    _SERVICE_INFORMATION,
+    _REQUESTED_ACTION,
+    _MSCC,
+    _PROXY_INFO,
+) = (
+    _key(name)
+    for name in (
+        "Session-Id",
+        "Origin-Host",
+        "Origin-Realm",
+        "Service-Context-Id",
+        "CC-Request-Type",
+        "CC-Request-Number",
+        "Subscription-Id",
+        "Subscription-Id-Extension",
+        "Service-Information",
+        "Requested-Action",
+        "Multiple-Services-Credit-Control",
+        "Proxy-Info",
+    )
+)
+_SUB_TYPE, _SUB_DATA = _key("Subscription-Id-Type"), _key("Subscription-Id-Data")
+_IMS_INFORMATION = _key("IMS-Information")
+_ICID, _CALLED, _REQUESTED_PARTY = (
+    _key("IMS-Charging-Identifier"),
+    _key("Called-Party-Address"),
+    _key("Requested-Party-Address"),
+)
+_RATING_GROUP, _SERVICE_IDENTIFIER = _key("Rating-Group"), _key("Service-Identifier")
+_RSU, _USU, _REASON = _key("Requested-Service-Unit"), _key("Used-Service-Unit"), _key("Reporting-Reason")
+_CC_TIME, _CC_TOTAL, _CC_INPUT, _CC_OUTPUT, _CC_SSU, _CC_MONEY = (
+    _key(name)
+    for name in (
+        "CC-Time",
+        "CC-Total-Octets",
+        "CC-Input-Octets",
+        "CC-Output-Octets",
+        "CC-Service-Specific-Units",
+        "CC-Money",
+    )
+)
+_USE_MEMBERS: Wanted = {_RATING_GROUP: False, _SERVICE_IDENTIFIER: False, _RSU: False, _USU: True, _REASON: True}
+_TOP: Wanted = {
+    _SESSION_ID: False,
+    _ORIGIN_HOST: False,
+    _ORIGIN_REALM: False,
+    _CONTEXT: False,
+    _REQUEST_TYPE: False,
+    _REQUEST_NUMBER: False,
+    _SUBSCRIPTION_ID: True,
+    _EXTENSION: False,
+    _SERVICE_INFORMATION: False,
+    _REQUESTED_ACTION: False,
+    _MSCC: True,
+    _PROXY_INFO: False,
+    **_USE_MEMBERS,
+}
+_SUBSCRIPTION_MEMBERS: Wanted = {_SUB_TYPE: False, _SUB_DATA: False}
+_SERVICE_INFORMATION_MEMBERS: Wanted = {_IMS_INFORMATION: False}
+_IMS_MEMBERS: Wanted = {_ICID: False, _CALLED: False, _REQUESTED_PARTY: False}
+_UNIT_MEMBERS: Wanted = {key: False for key in (_CC_TIME, _CC_TOTAL, _CC_INPUT, _CC_OUTPUT, _CC_SSU, _CC_MONEY)}
+_USED_MEMBERS: Wanted = {**_UNIT_MEMBERS, _REASON: True}
+for _k in [*_TOP, *_SUBSCRIPTION_MEMBERS, *_IMS_MEMBERS, *_UNIT_MEMBERS]:
+    _DECODERS[_k] = DICTIONARY.by_key[_k].decode
+
+
+def _units_key(units: Units | None) -> tuple[str | None, int | None, int | None]:
+    """Units as plain values, quicker to hash and compare than the dataclass."""
+    if units is None:
+        return None, None, None
+    return units.unit, units.amount, units.currency
+
+
 class AnswerEncoder:
     """Turns a credit-control decision into the CCA's AVPs (Session-Id first, Proxy-Info left to the sender)."""
 
@@ -235,42 +531,74 @@ class AnswerEncoder:
             )
         )
 
+        by_name = DICTIONARY.by_name
+        self._encode_session_id = by_name["Session-Id"].encode
+        self._encode = {name: defn.encode for name, defn in by_name.items()}
+        # Encoded AVPs by (name, value), and grouped ones by the figures they carry: most answers
+        # repeat a few shapes (2001, request numbers, the usual grant), so they are encoded once.
+        self._cache: dict[Any, bytes] = {}
+
+    def _cached(self, key: Any, make: Callable[[], bytes]) -> bytes:
+        cache = self._cache
+        found = cache.get(key)
+        if found is None:
+            if len(cache) >= _ENCODED_CACHE:
+                cache.clear()
+            found = cache[key] = make()
+        return found
+
+    def _avp(self, name: str, value: Any) -> bytes:
+        found = self._cache.get((name, value))
+        if found is None:
+            found = self._cached((name, value), lambda: self._encode[name](value))
+        return found
+
     def __call__(self, req: CreditRequest, ans: CreditAnswer) -> bytes:
-        avps: list[tuple[str, Any] | bytes] = [
-            ("Session-Id", req.session_id),
-            ("Result-Code", ans.result_code),
+        avp = self._avp
+        parts = [
+            self._encode_session_id(req.session_id),
+            avp("Result-Code", ans.result_code),
             self._identity,
-            ("CC-Request-Type", req.request_type),
-            ("CC-Request-Number", req.request_number),
+            avp("CC-Request-Type", req.request_type),
+            avp("CC-Request-Number", req.request_number),
         ]
         if ans.error_message and ans.result_code != ResultCode.DIAMETER_SUCCESS:
-            avps.append(("Error-Message", ans.error_message[:200]))
+            parts.append(self._encode["Error-Message"](ans.error_message[:200]))
         if ans.multiple_services:
-            avps.extend(("Multiple-Services-Credit-Control", self._mscc(r)) for r in ans.services)
+            parts.extend(self._mscc(r) for r in ans.services)
         elif ans.services:
             only = ans.services[0]
             if only.granted is not None:
-                avps.append(("Granted-Service-Unit", self._gsu(only.granted)))
+                granted = only.granted
+                parts.append(
+                    self._cached(
+                        ("GSU", *_units_key(granted)), lambda: self._encode["Granted-Service-Unit"](self._gsu(granted))
+                    )
+                )
             if only.final:
-                avps.append(("Final-Unit-Indication", self._fui()))
+                parts.append(self._cached(("FUI",), lambda: self._encode["Final-Unit-Indication"](self._fui())))
             if only.validity_time is not None:
-                avps.append(("Validity-Time", only.validity_time))
+                parts.append(avp("Validity-Time", only.validity_time))
         if ans.cost is not None and ans.currency is not None:
-            avps.append(
-                ("Cost-Information", {"Unit-Value": unit_value(ans.cost, ans.currency), "Currency-Code": ans.currency})
-            )
+            parts.append(self._money("Cost-Information", ans.cost, ans.currency))
         if ans.check_balance is not None:
-            avps.append(("Check-Balance-Result", ans.check_balance))
+            parts.append(avp("Check-Balance-Result", ans.check_balance))
         if self.settings.credit_control_failure_handling is not None and req.request_type != CcRequestType.EVENT:
-            avps.append(("Credit-Control-Failure-Handling", self.settings.credit_control_failure_handling))
+            parts.append(avp("Credit-Control-Failure-Handling", self.settings.credit_control_failure_handling))
         if self.settings.direct_debiting_failure_handling is not None:
-            avps.append(("Direct-Debiting-Failure-Handling", self.settings.direct_debiting_failure_handling))
+            parts.append(avp("Direct-Debiting-Failure-Handling", self.settings.direct_debiting_failure_handling))
         if ans.low_balance is not None:
-            avps.append(("Low-Balance-Indication", "YES" if ans.low_balance else "NOT_APPLICABLE"))
+            parts.append(avp("Low-Balance-Indication", "YES" if ans.low_balance else "NOT_APPLICABLE"))
             if ans.remaining_balance is not None and ans.currency is not None:
-                worth = unit_value(max(0, ans.remaining_balance), ans.currency)
-                avps.append(("Remaining-Balance", {"Unit-Value": worth, "Currency-Code": ans.currency}))
-        return b"".join(iter_encoded(avps, DICTIONARY))
+                parts.append(self._money("Remaining-Balance", max(0, ans.remaining_balance), ans.currency))
+        return b"".join(parts)
+
+    def _money(self, name: str, amount: int, currency: int) -> bytes:
+        """Cost-Information or Remaining-Balance: a Unit-Value and a Currency-Code."""
+        return self._cached(
+            (name, amount, currency),
+            lambda: self._encode[name]({"Unit-Value": unit_value(amount, currency), "Currency-Code": currency}),
+        )
 
     def _gsu(self, granted: Units) -> dict[str, Any]:
         if granted.unit == UNIT_TIME:
@@ -294,7 +622,20 @@ class AnswerEncoder:
             fui["Filter-Id"] = list(self.settings.restriction_filter_ids)
         return fui
 
-    def _mscc(self, result: ServiceResult) -> dict[str, Any]:
+    def _mscc(self, result: ServiceResult) -> bytes:
+        key = (
+            "MSCC",
+            *_units_key(result.granted),
+            result.service_identifier,
+            result.rating_group,
+            result.validity_time,
+            result.result_code,
+            result.final,
+            result.threshold,
+        )
+        return self._cached(key, lambda: self._encode["Multiple-Services-Credit-Control"](self._mscc_group(result)))
+
+    def _mscc_group(self, result: ServiceResult) -> dict[str, Any]:
         mscc: dict[str, Any] = {}
         if result.granted is not None:
             mscc["Granted-Service-Unit"] = self._gsu(result.granted)
@@ -325,7 +666,7 @@ class OcfServer:
         node.register(AppId.CREDIT_CONTROL, Command.CREDIT_CONTROL, self.on_ccr)
 
     async def on_ccr(self, msg: Message, peer: Any) -> Message:
-        req = self.reader.read(msg)
+        req, proxied = self.reader.read_with_proxies(msg)
         try:
             outcome = await self.batcher.submit(req)
         except DatabaseUnavailable as exc:
@@ -335,8 +676,9 @@ class OcfServer:
         answer = Message(
             msg.code, msg.app_id, msg.flags & FLAG_PROXIABLE, msg.hop_by_hop, msg.end_to_end, [outcome.body]
         )
-        for proxy in msg.all("Proxy-Info"):
-            answer.add("Proxy-Info", proxy)
+        if proxied:
+            for proxy in msg.all("Proxy-Info"):
+                answer.add("Proxy-Info", proxy)
         if outcome.result_code != ResultCode.DIAMETER_SUCCESS or _refused_service(outcome):
             self._log_refusal(req, outcome)
             if any(code == ResultCode.DIAMETER_CREDIT_LIMIT_REACHED for code in _codes(outcome)):

@@ -1,18 +1,21 @@
-"""The OCF's units of work: SQL around the pure credit-control flow, run through ``GroupCommitter``.
+"""The OCF's units of work: SQL around the pure credit-control flow.
 
-``CreditStore.settle_batch(conn, requests)`` settles many CCRs in one transaction:
+``CreditStore`` settles a batch of CCRs in one transaction:
 
 1. finds the accounts the requests touch (by Subscription-Id, or by their session);
 2. locks those account rows, in id order (``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite's
    ``BEGIN IMMEDIATE`` already serialises writers), so that OCF processes sharing a
    database never decide on the same balance at once;
-3. reads the sessions, buckets and stored answers under that lock;
-4. answers repeats from the stored answers, and runs ``CreditControl.handle`` for the rest;
-5. writes back accounts, buckets, sessions, the ledger and every new answer, a few
-   ``executemany`` statements per batch whatever its size.
+3. reads the buckets, sessions and stored answers under that lock, each in a statement of
+   its own that starts after the lock was granted, so it sees what the lock holder committed;
+4. answers repeats from the stored answers, and runs ``CreditControl.handle`` for the rest
+   (``CreditStore.decide``, shared by both ways of talking to the database);
+5. writes back accounts, buckets, sessions, the ledger and every new answer.
 
-On PostgreSQL steps 2-3 go to the server as one pipeline, and so do the writes of step 5:
-a batch costs two round trips and the COMMIT, however many CCRs it holds.
+There are two ways to run it.  ``CreditStore.settle_batch(conn, requests, now)`` is a unit of
+work for ``GroupCommitter`` (SQLAlchemy, in a writer thread): SQLite uses it.  On PostgreSQL
+with psycopg, ``ocf.pg.PgSettler`` runs the same steps on the event loop over a connection of
+its own, in two round trips a batch.
 
 Every answer is written in the transaction of its effect, so a CCA can only leave once
 both are committed, and a repeat of the request, now or after a restart, gets it again.
@@ -23,13 +26,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Connection, Table, bindparam, delete, func, insert, select, tuple_, update
 
-from charging.db import GroupCommitter
+from charging.db import DatabaseUnavailable, GroupCommitter
 from charging.diameter.constants import CcRequestType
 from ocf import models as m
 from ocf.control import Book, CreditAnswer, CreditControl, CreditRequest, LedgerEntry, close_session
@@ -183,101 +186,6 @@ def lock_accounts(conn: Connection, ids: Iterable[int]) -> dict[int, Account]:
 
 
 _TARIFF_MARK = select(func.count(), func.max(m.tariffs.c.id)).select_from(m.tariffs)
-_BUCKET_COLUMNS = [c.label(f"b_{c.name}") for c in m.buckets.c]
-
-
-def lock_accounts_with_buckets(
-    conn: Connection, ids: Iterable[int]
-) -> tuple[dict[int, Account], dict[int, list[Bucket]], tuple[int, int] | None]:
-    """``lock_accounts``, with the accounts' buckets and the tariff mark read in the same statement."""
-    wanted = sorted(set(ids))
-    if not wanted:
-        return {}, {}, None
-    count = _TARIFF_MARK.with_only_columns(func.count()).scalar_subquery().label("tariff_count")
-    highest = _TARIFF_MARK.with_only_columns(func.max(m.tariffs.c.id)).scalar_subquery().label("tariff_max")
-    rows = conn.execute(
-        select(m.accounts, *_BUCKET_COLUMNS, count, highest)
-        .select_from(m.accounts.outerjoin(m.buckets, m.buckets.c.account_id == m.accounts.c.id))
-        .where(m.accounts.c.id.in_(wanted))
-        .order_by(m.accounts.c.id)
-        .with_for_update(of=m.accounts)
-    ).all()
-    return _accounts_and_buckets(rows)
-
-
-def _accounts_and_buckets(
-    rows: Sequence[Any],
-) -> tuple[dict[int, Account], dict[int, list[Bucket]], tuple[int, int] | None]:
-    accounts: dict[int, Account] = {}
-    buckets: dict[int, list[Bucket]] = {}
-    for row in rows:
-        if row.id not in accounts:
-            accounts[row.id] = account_of(row)
-        if row.b_id is not None:
-            buckets.setdefault(row.id, []).append(
-                Bucket(
-                    id=row.b_id,
-                    account_id=row.id,
-                    unit=row.b_unit,
-                    amount=row.b_amount,
-                    reserved=row.b_reserved,
-                    rating_group=row.b_rating_group,
-                    valid_from=row.b_valid_from,
-                    valid_until=row.b_valid_until,
-                )
-            )
-    mark = (int(rows[0].tariff_count), int(rows[0].tariff_max or 0)) if rows else None
-    return accounts, buckets, mark
-
-
-_ACCOUNT_COLUMNS = ", ".join(f"a.{c.name}" for c in m.accounts.c)
-_BUCKET_SELECT = ", ".join(f"b.{c.name} AS b_{c.name}" for c in m.buckets.c)
-_SESSION_COLUMNS = ", ".join(c.name for c in m.sessions.c)
-# PostgreSQL reads of a batch: arrays keep each statement's text (and so its prepared plan) the same.
-_PG_LOCK = (
-    f"SELECT {_ACCOUNT_COLUMNS}, {_BUCKET_SELECT}, "
-    "(SELECT count(*) FROM ocf_tariffs) AS tariff_count, (SELECT max(id) FROM ocf_tariffs) AS tariff_max "
-    "FROM ocf_accounts a LEFT JOIN ocf_buckets b ON b.account_id = a.id "
-    "WHERE a.id = ANY(%(ids)s) ORDER BY a.id FOR UPDATE OF a"
-)
-_PG_SESSIONS = f"SELECT {_SESSION_COLUMNS} FROM ocf_sessions WHERE session_id = ANY(%(sids)s)"
-_PG_ANSWERS = (
-    "SELECT session_id, request_number, result_code, body FROM ocf_answers "
-    "WHERE (session_id, request_number) IN (SELECT * FROM unnest(%(sids)s::text[], %(nums)s::bigint[]))"
-)
-
-
-def read_locked_pg(
-    conn: Connection, account_ids: Iterable[int], session_ids: Iterable[str], answer_keys: Iterable[tuple[str, int]]
-) -> tuple[
-    dict[int, Account],
-    dict[int, list[Bucket]],
-    tuple[int, int] | None,
-    dict[str, Session],
-    dict[tuple[str, int], tuple[int, bytes]],
-]:
-    """Lock the accounts, then read sessions and stored answers: three statements in one pipeline, one round trip.
-
-    The server runs them in order, so the reads see whatever was committed before the locks were granted.
-    """
-    from psycopg.rows import namedtuple_row
-
-    driver: Any = conn.connection.driver_connection
-    keys = list(answer_keys)
-    wanted = sorted(set(account_ids))
-    with driver.pipeline():
-        lock = driver.cursor(row_factory=namedtuple_row)
-        lock.execute(_PG_LOCK, {"ids": wanted})
-        found = driver.cursor(row_factory=namedtuple_row)
-        found.execute(_PG_SESSIONS, {"sids": list(session_ids)})
-        given = driver.cursor(row_factory=namedtuple_row)
-        given.execute(_PG_ANSWERS, {"sids": [k[0] for k in keys], "nums": [k[1] for k in keys]})
-    accounts, buckets, mark = _accounts_and_buckets(lock.fetchall())
-    sessions = {row.session_id: session_of(row) for row in found.fetchall()}
-    stored = {(r.session_id, r.request_number): (r.result_code, bytes(r.body)) for r in given.fetchall()}
-    for cursor in (lock, found, given):
-        cursor.close()
-    return accounts, buckets, mark, sessions, stored
 
 
 def load_buckets(conn: Connection, account_ids: Iterable[int]) -> dict[int, list[Bucket]]:
@@ -437,23 +345,73 @@ class CreditStore:
         self._subscriber_ids: BoundedMap[tuple[int, str], tuple[int, int]] = BoundedMap(200_000)
 
     # -- tariffs and subscribers ------------------------------------------------------------------------
-    def _catalog_for(self, conn: Connection, mark: tuple[int, int] | None) -> Catalog:
+    @property
+    def catalog_mark(self) -> tuple[int, int] | None:
+        return self._catalog_mark
+
+    def set_catalog(self, tariffs: Iterable[Tariff], mark: tuple[int, int]) -> None:
+        self._catalog = Catalog.of(tariffs)
+        self._catalog_mark = mark
+
+    def _catalog_for(self, conn: Connection) -> Catalog:
         """Tariff rows never change, only get added: reload when the count or the highest id moves."""
-        if mark is None:
-            count, highest = conn.execute(_TARIFF_MARK).one()
-            mark = (int(count), int(highest or 0))
+        count, highest = conn.execute(_TARIFF_MARK).one()
+        mark = (int(count), int(highest or 0))
         if mark != self._catalog_mark:
-            self._catalog = Catalog.of(tariff_of(row) for row in conn.execute(select(m.tariffs)))
-            self._catalog_mark = mark
+            self.set_catalog((tariff_of(row) for row in conn.execute(select(m.tariffs))), mark)
         return self._catalog
+
+    @property
+    def catalog(self) -> Catalog:
+        return self._catalog
+
+    def known_subscribers(
+        self, requests: Sequence[CreditRequest]
+    ) -> tuple[dict[tuple[int, str], tuple[int, int]], set[tuple[int, str]]]:
+        """The Subscription-Ids of new sessions and events: (subscriber, account) of those known, and the rest."""
+        known = self._subscriber_ids
+        found: dict[tuple[int, str], tuple[int, int]] = {}
+        missing: set[tuple[int, str]] = set()
+        for req in requests:
+            if req.request_type == CcRequestType.INITIAL or req.request_type == CcRequestType.EVENT:
+                for sub in req.subscription_ids:
+                    hit = known.get(sub)
+                    if hit is None:
+                        missing.add(sub)
+                    else:
+                        found[sub] = hit
+        return found, missing
+
+    def learn_subscriber(
+        self, found: dict[tuple[int, str], tuple[int, int]], id_type: int, id_data: str, subscriber: int, account: int
+    ) -> None:
+        key = (id_type, id_data)
+        found[key] = self._subscriber_ids[key] = (subscriber, account)
+
+    def unknown_sessions(self, requests: Sequence[CreditRequest]) -> list[str]:
+        """Sessions of updates and terminations whose account this process does not know yet."""
+        owners = self._owners
+        return [
+            r.session_id
+            for r in requests
+            if (r.request_type == CcRequestType.UPDATE or r.request_type == CcRequestType.TERMINATION)
+            and r.session_id not in owners
+        ]
+
+    def learn_owner(self, session_id: str, account_id: int) -> None:
+        self._owners[session_id] = account_id
+
+    def accounts_of(self, subscribers: dict[tuple[int, str], tuple[int, int]], session_ids: Iterable[str]) -> list[int]:
+        """The accounts a batch must lock, sorted: those of its subscribers and of its sessions."""
+        owners = self._owners
+        wanted = {account for _, account in subscribers.values()}
+        wanted.update(owners[sid] for sid in session_ids if sid in owners)
+        return sorted(wanted)
 
     def _subscribers(
         self, conn: Connection, requests: Sequence[CreditRequest]
     ) -> dict[tuple[int, str], tuple[int, int]]:
-        wanted = {sub for req in requests if _needs_subscriber(req) for sub in req.subscription_ids}
-        known = self._subscriber_ids
-        found = {sub: known[sub] for sub in wanted if sub in known}
-        missing = wanted - found.keys()
+        found, missing = self.known_subscribers(requests)
         if missing:
             rows = conn.execute(
                 select(
@@ -466,44 +424,55 @@ class CreditStore:
                 .where(m.subscription_ids.c.id_data.in_({data for _, data in missing}))
             )
             for row in rows:
-                key = (row.id_type, row.id_data)
-                found[key] = known[key] = (row.id, row.account_id)
+                self.learn_subscriber(found, row.id_type, row.id_data, row.id, row.account_id)
         return found
 
     # -- credit control -----------------------------------------------------------------------------
     def settle_batch(self, conn: Connection, requests: Sequence[CreditRequest], now: float) -> list[Outcome]:
+        """The batch as a unit of work on a SQLAlchemy connection (``GroupCommitter``); SQLite's way."""
         # 1. which accounts: by Subscription-Id for new sessions and events, by session otherwise
         subscribers = self._subscribers(conn, requests)
-        session_ids = {req.session_id for req in requests if req.request_type != CcRequestType.EVENT}
-        # Sessions this process has not seen are looked up to find their account; a new one is found by
-        # its Subscription-Id instead.
-        unknown = [
-            r.session_id
-            for r in requests
-            if r.request_type in (CcRequestType.UPDATE, CcRequestType.TERMINATION) and r.session_id not in self._owners
-        ]
-        sessions: dict[str, Session] = {}
+        unknown = self.unknown_sessions(requests)
         if unknown:
-            sessions = load_sessions(conn, unknown)
-            for session in sessions.values():
-                self._owners[session.session_id] = session.account_id
-        account_ids = {acc for _, acc in subscribers.values()}
-        account_ids.update(self._owners[sid] for sid in session_ids if sid in self._owners)
-        # 2. lock them (with their buckets and the tariff mark); 3. read the sessions and the stored answers
-        # under the lock, since another process may have changed them until we held it
-        answer_keys = {(req.session_id, req.request_number) for req in requests}
-        if conn.dialect.name == "postgresql":
-            accounts, buckets, mark, sessions, stored = read_locked_pg(conn, account_ids, session_ids, answer_keys)
-        else:
-            accounts, buckets, mark = lock_accounts_with_buckets(conn, account_ids)
-            if len(sessions) < len(session_ids):
-                sessions = load_sessions(conn, session_ids)
-            stored = self._stored_answers(conn, requests, sessions)
-        catalog = self._catalog_for(conn, mark)
+            owned = select(m.sessions.c.session_id, m.sessions.c.account_id)
+            for row in conn.execute(owned.where(m.sessions.c.session_id.in_(set(unknown)))):
+                self.learn_owner(row.session_id, row.account_id)
+        session_ids = {req.session_id for req in requests if req.request_type != CcRequestType.EVENT}
+        # 2. lock them; 3. read buckets, sessions and stored answers under the lock, since another process
+        # may have changed them until we held it
+        accounts = lock_accounts(conn, self.accounts_of(subscribers, session_ids))
+        buckets = load_buckets(conn, accounts)
+        sessions = load_sessions(conn, session_ids)
+        stored = self._stored_answers(conn, requests)
+        catalog = self._catalog_for(conn)
         book = Book(catalog=catalog, accounts=accounts, buckets=buckets, sessions=sessions, subscribers=subscribers)
-        # 4. decide, in arrival order
+        # 4. decide, in arrival order; 5. write
+        outcomes, new_answers = self.decide(book, requests, stored, now)
+        rows = [
+            {"session_id": sid, "request_number": num, "result_code": code, "body": body, "created_at": now}
+            for sid, num, code, body in new_answers
+        ]
+        execute_writes(conn, [*book_writes(book, now), Write(m.answers, rows)])
+        if book.refused_accounts:
+            mark_exhausted(conn, book.refused_accounts, now)
+        return outcomes
+
+    def decide(
+        self,
+        book: Book,
+        requests: Sequence[CreditRequest],
+        stored: dict[tuple[str, int], tuple[int, bytes]],
+        now: float,
+    ) -> tuple[list[Outcome], list[tuple[str, int, int, bytes]]]:
+        """Step 4: the answer to each request, in arrival order, with the answers to store.
+
+        ``stored`` holds the answers already given (looked up under the account locks): a request
+        found there is a repeat and gets that answer again, whatever its T flag says.
+        """
         outcomes: list[Outcome] = []
-        new_answers: list[dict[str, Any]] = []
+        new_answers: list[tuple[str, int, int, bytes]] = []
+        handle = self.control.handle
+        encode = self.encode
         for req in requests:
             key = (req.session_id, req.request_number)
             found = stored.get(key)
@@ -517,46 +486,25 @@ class CreditStore:
                 )
                 outcomes.append(Outcome(found[1], found[0], replay=True))
                 continue
-            answer = self.control.handle(book, req, now)
-            body = self.encode(req, answer)
-            stored[key] = (answer.result_code, body)
-            new_answers.append(
-                {
-                    "session_id": req.session_id,
-                    "request_number": req.request_number,
-                    "result_code": answer.result_code,
-                    "body": body,
-                    "created_at": now,
-                }
-            )
-            outcomes.append(Outcome(body, answer.result_code, answer=answer))
-        # 5. write
+            answer = handle(book, req, now)
+            body = encode(req, answer)
+            code = answer.result_code
+            stored[key] = (code, body)
+            new_answers.append((req.session_id, req.request_number, code, body))
+            outcomes.append(Outcome(body, code, answer=answer))
+        owners = self._owners
         for sid in book.touched_sessions:
-            self._owners[sid] = book.sessions[sid].account_id
-        execute_writes(conn, [*book_writes(book, now), Write(m.answers, new_answers)])
-        if book.refused_accounts:
-            mark_exhausted(conn, book.refused_accounts, now)
-        return outcomes
+            owners[sid] = book.sessions[sid].account_id
+        return outcomes, new_answers
 
     def _stored_answers(
-        self, conn: Connection, requests: Sequence[CreditRequest], sessions: dict[str, Session]
+        self, conn: Connection, requests: Sequence[CreditRequest]
     ) -> dict[tuple[str, int], tuple[int, bytes]]:
-        """Answers already given to requests of this batch: only those that may be repeats are looked up."""
-        maybe: set[tuple[str, int]] = set()
-        for req in requests:
-            session = sessions.get(req.session_id)
-            if (
-                req.retransmit
-                or req.request_type == CcRequestType.EVENT
-                or (session is not None and req.request_number <= session.request_number)
-                or (session is not None and req.request_type == CcRequestType.INITIAL)
-            ):
-                maybe.add((req.session_id, req.request_number))
-        if not maybe:
-            return {}
+        """Answers already given to requests of this batch, by (Session-Id, CC-Request-Number)."""
+        keys = list({(req.session_id, req.request_number) for req in requests})
         rows = conn.execute(
             select(m.answers.c.session_id, m.answers.c.request_number, m.answers.c.result_code, m.answers.c.body).where(
-                tuple_(m.answers.c.session_id, m.answers.c.request_number).in_(list(maybe))
+                tuple_(m.answers.c.session_id, m.answers.c.request_number).in_(keys)
             )
         )
         return {(row.session_id, row.request_number): (row.result_code, bytes(row.body)) for row in rows}
@@ -621,10 +569,6 @@ class BoundedMap(dict[K, V]):
         super().__setitem__(key, value)
 
 
-def _needs_subscriber(req: CreditRequest) -> bool:
-    return req.request_type in (CcRequestType.INITIAL, CcRequestType.EVENT)
-
-
 def mark_exhausted(conn: Connection, account_ids: Iterable[int], now: float) -> int:
     """Ask for ASR on the open sessions of exhausted accounts that hold no units any more."""
     rows = conn.execute(
@@ -644,34 +588,43 @@ def mark_exhausted(conn: Connection, account_ids: Iterable[int], now: float) -> 
     return len(starved)
 
 
-class Batcher(Generic[I, R]):
-    """Collects items from the event loop and settles them many to a unit of work.
+Settle = Callable[[list[I]], Awaitable[list[R]]]
 
-    While a batch is in a writer thread the next one gathers.  With one committer, up to
-    two batches are queued on it, so the writer never waits for the loop; with several
-    (PostgreSQL), each takes one batch at a time and their database round trips overlap.
-    If a batch fails, its items are tried again one by one, so one bad item fails alone.
+
+def committed(committer: GroupCommitter, work: Callable[[Connection, list[I]], list[R]]) -> Settle[I, R]:
+    """A batch settled as one unit of work of ``committer`` (in its writer thread, resolved after COMMIT)."""
+
+    def settle(items: list[I]) -> Awaitable[list[R]]:
+        return committer.run(lambda conn: work(conn, items))
+
+    return settle
+
+
+class Batcher(Generic[I, R]):
+    """Collects items from the event loop and settles them many to a transaction.
+
+    ``writers`` are coroutines that settle a batch each, one transaction per call; while
+    a batch is being settled the next one gathers.  ``per_writer`` is how many batches one
+    writer may hold at once: 2 for a ``GroupCommitter`` (its thread then never waits for the
+    loop), 1 for a writer that owns one connection.  With several writers their database
+    round trips overlap.  If a batch fails, its items are tried again one by one, so one bad
+    item fails alone; a database out of reach fails the whole batch at once.
     """
 
-    def __init__(
-        self,
-        committers: Sequence[GroupCommitter],
-        work: Callable[[Connection, list[I]], list[R]],
-        max_batch: int = 512,
-    ) -> None:
-        self.committers = list(committers)
-        self.work = work
+    def __init__(self, writers: Sequence[Settle[I, R]], max_batch: int = 512, per_writer: int = 1) -> None:
+        self.writers = list(writers)
         self.max_batch = max_batch
         # One batch per writer when there are several: two batches merged into one transaction would
         # take their account locks in two rounds, and two such transactions could deadlock.
-        self.per_writer = 2 if len(self.committers) == 1 else 1
-        self._busy = [0] * len(self.committers)
+        self.per_writer = per_writer if len(self.writers) == 1 else 1
+        self._busy = [0] * len(self.writers)
         self._waiting: list[tuple[I, asyncio.Future[R]]] = []
         self._kick_pending = False
         self.last_error: BaseException | None = None  # of the latest batch; None once one succeeds
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def submit(self, item: I) -> R:
+    def submit(self, item: I) -> asyncio.Future[R]:
+        """The item's result, once the transaction that settled it committed."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[R] = loop.create_future()
         self._waiting.append((item, future))
@@ -679,36 +632,46 @@ class Batcher(Generic[I, R]):
             # Let every request that arrived in this turn of the loop join before a batch leaves.
             self._kick_pending = True
             loop.call_soon(self._kick)
-        return await future
+        return future
+
+    async def drain(self) -> None:
+        """Wait until every batch given to a writer, and every item waiting, is settled."""
+        while self._tasks or self._waiting:
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+            else:
+                await asyncio.sleep(0)
 
     def _kick(self) -> None:
         self._kick_pending = False
+        busy = self._busy
         while self._waiting:
-            writer = min(range(len(self.committers)), key=self._busy.__getitem__)
-            if self._busy[writer] >= self.per_writer:
+            writer = min(range(len(busy)), key=busy.__getitem__)
+            if busy[writer] >= self.per_writer:
                 return
             batch = self._waiting[: self.max_batch]
             del self._waiting[: self.max_batch]
-            self._busy[writer] += 1
+            busy[writer] += 1
             task = asyncio.ensure_future(self._settle(writer, batch))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
     async def _settle(self, writer: int, batch: list[tuple[I, asyncio.Future[R]]]) -> None:
-        committer = self.committers[writer]
+        settle = self.writers[writer]
         try:
             items = [item for item, _ in batch]
             try:
-                results = await committer.run(lambda conn: self.work(conn, items))
+                results = await settle(items)
             except Exception as error:
                 self.last_error = error
-                if len(batch) == 1:
-                    _fail(batch[0][1], error)
+                if len(batch) == 1 or isinstance(error, DatabaseUnavailable):
+                    for _, future in batch:
+                        _fail(future, error)
                     return
                 log.warning("a batch of %d failed (%s); settling its items one by one", len(batch), error)
                 for item, future in batch:
                     try:
-                        one = await committer.run(lambda conn, item=item: self.work(conn, [item]))  # type: ignore[misc]
+                        one = await settle([item])
                     except Exception as single_error:
                         _fail(future, single_error)
                     else:
@@ -720,7 +683,8 @@ class Batcher(Generic[I, R]):
                 if not future.done():
                     future.set_result(result)
         finally:
-            self._busy[writer] -= 1
+            busy = self._busy
+            busy[writer] -= 1
             self._kick()
 
 
