@@ -50,7 +50,7 @@ class OcfSettings(BaseModel):
     teardown_timeout_seconds: float = Field(default=5.0, gt=0)  # wait for an ASA or RAA
     max_batch: int = Field(default=512, ge=1)  # CCRs settled per database transaction at most
     # Concurrent CCR transactions on PostgreSQL (SQLite uses one): more overlap the database's latency.
-    writers: int = Field(default=1, ge=1, le=8)
+    writers: int = Field(default=2, ge=1, le=8)
 
     @field_validator("rating_group_grants")
     @classmethod
