@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import json
 import logging
 import os
@@ -42,6 +41,8 @@ from bench.loadgen import Context, LoadResult, client_hosts, run_load
 from bench.messages import call_values, ccr_initial_avps
 from charging.diameter import Message
 from charging.diameter.dictionary import DICTIONARY, iter_encoded
+from charging.serve import tune_gc
+from ocf.settings import OcfSettings
 
 POSTGRES_URL = os.environ.get("CHARGING_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 SERVER_HOST = "ocs.bench"
@@ -299,7 +300,7 @@ async def _wait_for_stdin_close() -> None:
     await done.wait()
 
 
-async def serve_ocf(url: str, schema: str, port: int, tune_gc: bool, writers: int) -> None:
+async def serve_ocf(url: str, schema: str, port: int, gc_tuned: bool, writers: int) -> None:
     from charging.config import Settings
     from charging.db import make_engine
     from charging.diameter.node import DiameterNode, NodeConfig
@@ -318,8 +319,8 @@ async def serve_ocf(url: str, schema: str, port: int, tune_gc: bool, writers: in
     )
     await node.start()
     await service.start()
-    if tune_gc:
-        _tune_gc()
+    if gc_tuned:
+        tune_gc()
     print(f"PORT {node.port}", flush=True)
     cpu_start = time.process_time()
     await _wait_for_stdin_close()
@@ -334,14 +335,7 @@ async def serve_ocf(url: str, schema: str, port: int, tune_gc: bool, writers: in
     )
 
 
-def _tune_gc() -> None:
-    """What a latency-minded deployment would do once started: start-up objects out of the collector's way,
-    and young collections rarer, so that full collections stop pausing answers."""
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
-
-
-def serve_baseline(port: int, clients: int, tune_gc: bool) -> None:
+def serve_baseline(port: int, clients: int, gc_tuned: bool) -> None:
     from diameter.message.constants import APP_DIAMETER_CREDIT_CONTROL_APPLICATION
     from diameter.node import Node
     from diameter.node.application import SimpleThreadingApplication
@@ -364,8 +358,8 @@ def serve_baseline(port: int, clients: int, tune_gc: bool) -> None:
     )
     node.add_application(app, peers)
     node.start()
-    if tune_gc:
-        _tune_gc()
+    if gc_tuned:
+        tune_gc()
     print(f"PORT {port}", flush=True)
     with contextlib.suppress(KeyboardInterrupt):
         sys.stdin.read()
@@ -420,8 +414,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--subscribers", type=int, default=2000)
     parser.add_argument("--postgres", default=POSTGRES_URL)
     parser.add_argument("--no-baseline", action="store_true")
-    parser.add_argument("--writers", type=int, default=1, help="the OCF's concurrent CCR transactions")
-    parser.add_argument("--tune-gc", action="store_true", help="gc.freeze() and rarer collections in both servers")
+    parser.add_argument(
+        "--writers", type=int, default=OcfSettings().writers, help="the OCF's concurrent CCR transactions"
+    )
+    parser.add_argument(
+        "--no-tune-gc",
+        dest="tune_gc",
+        action="store_false",
+        help="leave both servers' garbage collector as Python ships it (charging serve tunes it; so does the "
+        "baseline by default, to compare like with like)",
+    )
     parser.add_argument("--serve-ocf", nargs=2, metavar=("SCHEMA", "PORT"), help=argparse.SUPPRESS)
     parser.add_argument("--serve-baseline", nargs=2, metavar=("PORT", "CLIENTS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -445,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
                 "--serve-ocf",
                 schema,
                 "0",
-                *(["--tune-gc"] if args.tune_gc else []),
+                *([] if args.tune_gc else ["--no-tune-gc"]),
             ]
         )
         try:
@@ -468,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_baseline:
         bport = free_port()
         clients = max(args.baseline_connections, 1)
-        bproc, _ = spawn(["--serve-baseline", str(bport), str(clients), *(["--tune-gc"] if args.tune_gc else [])])
+        bproc, _ = spawn(["--serve-baseline", str(bport), str(clients), *([] if args.tune_gc else ["--no-tune-gc"])])
         try:
             baseline = asyncio.run(measure(bport, args, clients, args.baseline_in_flight))
         finally:

@@ -299,6 +299,14 @@ class Server:
             reader.close(autocommit=False)
 
 
+def tune_gc() -> None:
+    """Everything allocated at start-up lives as long as the process: keep the collector from walking it,
+    and collect young objects less often, which shortens the pauses that show up in p99 latency."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
+
+
 def _redact(url: str) -> str:
     """A database URL without its password, for printing."""
     if "@" in url and "://" in url:
@@ -334,11 +342,7 @@ async def run(settings: Settings, ready_file: str | None = None) -> int:
         log.exception("start-up failed")
         await server.stop()
         return 1
-    # Everything allocated at start-up lives as long as the process: keep the collector from walking it,
-    # and collect young objects less often, which shortens the pauses that show up in p99 latency.
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(20_000, 20, 20)
+    tune_gc()
     for line in server.describe():
         print(line, flush=True)
     if ready_file:
