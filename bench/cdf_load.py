@@ -65,6 +65,7 @@ class Load:
     calls: int = 0
     acked: list[tuple[str, str, int]] = field(default_factory=list)  # (Session-Id, Origin-Host, number)
     failures: int = 0
+    cpu: CpuUse | None = None  # from warm-up to the last call's end, not only the measured window
 
 
 def node_hosts(count: int) -> list[tuple[str, str]]:
@@ -155,6 +156,50 @@ async def run_load(ports: list[int], nodes: int, in_flight: int, seconds: float,
     for node, _ in clients:
         await node.stop(timeout=2.0)
     load.result.errors = load.failures
+    return load
+
+
+# -- CPU ------------------------------------------------------------------------------------------------------
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process so far (Linux /proc), or None where that cannot be read."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class CpuUse:
+    """CPU the server processes and this process (the load generator) used while the load ran."""
+
+    server: float | None = None
+    generator: float = 0.0
+    seconds: float = 0.0
+    acrs: int = 0
+
+    def summary(self) -> str:
+        if not self.acrs or not self.seconds:
+            return "CPU: no ACRs"
+        generator = f"load generator {self.generator / self.acrs * 1e6:.0f} us per ACR"
+        if self.server is None:
+            return f"CPU: {generator}"
+        return (
+            f"CPU while loaded: server {self.server / self.seconds:.2f} cores, {self.server / self.acrs * 1e6:.0f} us "
+            f"per ACR; {generator}"
+        )
+
+
+def run_measured(pids: list[int], ports: list[int], nodes: int, in_flight: int, args: argparse.Namespace) -> Load:
+    """run_load, with the CPU the servers ``pids`` and this process used meanwhile in ``load.cpu``."""
+    before = [cpu_seconds(pid) for pid in pids]
+    own, started = time.process_time(), time.monotonic()
+    load = asyncio.run(run_load(ports, nodes, in_flight, args.seconds, args.warmup))
+    after = [cpu_seconds(pid) for pid in pids]
+    server = None
+    if all(v is not None for v in before + after):
+        server = sum(a - b for a, b in zip(after, before, strict=True) if a is not None and b is not None)
+    load.cpu = CpuUse(server, time.process_time() - own, time.monotonic() - started, len(load.acked))
     return load
 
 
@@ -345,7 +390,8 @@ def measure_cdf(args: argparse.Namespace) -> tuple[Load, dict[str, Any]]:
                 for n in range(args.instances):
                     instances.append(start_cdf(url, broker.bootstrap, workdir, f"cdf-{n + 1}"))
                 ports = [cdf.diameter_port for cdf in instances]
-                load = asyncio.run(run_load(ports, args.nodes, args.in_flight, args.seconds, args.warmup))
+                pids = [cdf.proc.pid for cdf in instances]
+                load = run_measured(pids, ports, args.nodes, args.in_flight, args)
                 cdf = instances[0]
                 at_end = cdf.backlog()
                 backlog_at_end = at_end["unpublished"]
@@ -375,7 +421,7 @@ def measure_baseline(args: argparse.Namespace) -> Load:
     port = free_port()
     proc = start_baseline(port, args.nodes)
     try:
-        return asyncio.run(run_load([port], args.nodes, args.baseline_in_flight, args.seconds, args.warmup))
+        return run_measured([proc.pid], [port], args.nodes, args.baseline_in_flight, args)
     finally:
         stop_baseline(proc)
 
@@ -408,6 +454,8 @@ def main(argv: list[str] | None = None) -> int:
         "CDRs to Kafka (tansu))"
     )
     print("  " + cdf_load.result.summary("CDF ACRs"))
+    if cdf_load.cpu is not None:
+        print("  " + cdf_load.cpu.summary())
     print(
         f"  calls completed {cdf_load.calls}, ACRs acknowledged {len(cdf_load.acked)}; outbox backlog at the end "
         f"{kafka['backlog_at_end']}, drained in {kafka['drain_seconds']:.1f} s; CDRs in Kafka {kafka['cdrs_in_kafka']}"
@@ -426,6 +474,8 @@ def main(argv: list[str] | None = None) -> int:
         baseline = measure_baseline(args)
         print(f"baseline python-diameter ({args.nodes} nodes x {args.baseline_in_flight} in flight, ACA only)")
         print("  " + baseline.result.summary("baseline ACRs"))
+        if baseline.cpu is not None:
+            print("  " + baseline.cpu.summary())
     rate = cdf_load.result.rate
     base_rate = baseline.result.rate
     figures = {

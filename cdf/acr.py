@@ -3,14 +3,23 @@
 ``parse_acr`` turns a received ACR into an :class:`Acr`, a plain value that the pure
 assembly works on.  It reads only; it raises ``DiameterError`` with the Result-Code and
 Failed-AVP that RFC 6733 7.5 asks for when the ACR cannot be an IMS record.
+
+Two readers give the same Acr.  The fast one walks Service-Information's bytes itself, header by
+header, and decodes only the AVPs it needs, with the dictionary's decoders: no AVP objects, no
+second split of groups the node's validator has already walked (about a third of the time of the
+other, on the event loop).  It reads well-formed IMS ACRs only; anything else (no IMS-Information,
+a foreign Node-Functionality, a malformed group) goes to the general reader, which gives the RFC 6733
+answers.
 """
 
 from __future__ import annotations
 
 import enum
+import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from charging.cdr import RECORD_TYPE_BY_NODE
 from charging.diameter import DICTIONARY, Avp, DiameterError, Message
@@ -211,6 +220,15 @@ _TOP_BY_KEY = {DICTIONARY.avp(n).key: n for n in _TOP_LEVEL}
 
 def parse_acr(msg: Message, received_at: float) -> Acr:
     """The facts of an ACR that the node has validated against the dictionary."""
+    try:
+        acr = _read_fast(msg, received_at)
+    except Exception:  # anything unusual: the general reader knows the right answer
+        acr = None
+    return acr if acr is not None else read_acr(msg, received_at)
+
+
+def read_acr(msg: Message, received_at: float) -> Acr:
+    """The general reader: through the message's AVP objects; raises the RFC 6733 answers."""
     top: dict[str, Any] = {}
     for avp in msg:  # one pass; the first instance of each counts
         name = _TOP_BY_KEY.get(avp.code | (avp.vendor_id << 32))
@@ -301,5 +319,250 @@ def parse_acr(msg: Message, received_at: float) -> Acr:
         ),
         ims_communication_service_identifier=one("IMS-Communication-Service-Identifier"),
         access_network_information=tuple(_text(v) for v in every("Access-Network-Information")),
+        extensions=extensions,
+    )
+
+
+# -- the fast reader ----------------------------------------------------------------------------------------
+_HEADER = struct.Struct(">II")
+_VENDOR = struct.Struct(">I")
+Span = tuple[int, int]  # where an AVP's data is: start, end
+Spans = dict[int, list[Span]]  # AVP key (code | vendor << 32) -> every instance, in order
+
+
+def _spans(buf: bytes, start: int, end: int) -> Spans:
+    """Where the data of each AVP in ``buf[start:end]`` is, by key; headers are read, nothing is decoded."""
+    found: Spans = {}
+    offset = start
+    while offset < end:
+        code, flags_length = _HEADER.unpack_from(buf, offset)
+        length = flags_length & 0xFFFFFF
+        if flags_length & 0x80000000:  # V bit
+            key = code | (_VENDOR.unpack_from(buf, offset + 8)[0] << 32)
+            data = offset + 12
+        else:
+            key = code
+            data = offset + 8
+        stop = offset + length
+        if stop > end or stop < data:
+            raise ValueError(f"AVP {code}: length {length} does not fit")
+        spans = found.get(key)
+        if spans is None:
+            found[key] = [(data, stop)]
+        else:
+            spans.append((data, stop))
+        offset += (length + 3) & ~3
+    return found
+
+
+# One call per field: UTF8String decoded in place (invalid UTF-8 raises, and the general reader answers
+# 5004), other types through the dictionary's decoder.
+def _str(buf: bytes, found: list[Span] | None) -> str | None:
+    if not found:
+        return None
+    start, end = found[0]
+    return buf[start:end].decode()
+
+
+def _strs(buf: bytes, found: list[Span] | None) -> tuple[str, ...]:
+    if not found:
+        return ()
+    return tuple([buf[start:end].decode() for start, end in found])
+
+
+def _value(buf: bytes, found: list[Span] | None, key: int) -> Any:
+    if not found:
+        return None
+    start, end = found[0]
+    return _DECODE[key](buf, start, end)
+
+
+def _name(buf: bytes, found: list[Span] | None, key: int) -> str | None:
+    """An Enumerated value's name, as _enum_name gives it."""
+    if not found:
+        return None
+    start, end = found[0]
+    value = int(_DECODE[key](buf, start, end))
+    return _ENUM_NAMES[key].get(value) or str(value)
+
+
+T = TypeVar("T")
+_MEMO_SIZE = 4096
+
+
+class _Groups(Generic[T]):
+    """The values of every instance of a grouped AVP, each read once per distinct content.
+
+    A group's value is a function of its bytes alone, and the same groups come back again and again: a
+    subscriber's Subscription-Id, a pair of networks' Inter-Operator-Identifier, the SIP method, a call's
+    SDP-Media-Component in each node's START, INTERIM and STOP.  The last ``_MEMO_SIZE`` distinct ones are
+    remembered (all forgotten at once when full).
+    """
+
+    __slots__ = ("_known", "_read")
+
+    def __init__(self, read: Callable[[bytes, Spans], T]) -> None:
+        self._read = read  # the value, from the group's own bytes and where its members are in them
+        self._known: dict[bytes, T] = {}
+
+    def __call__(self, buf: bytes, found: list[Span] | None) -> tuple[T, ...]:
+        if not found:
+            return ()
+        known = self._known
+        values = []
+        for start, end in found:
+            raw = buf[start:end]
+            value = known.get(raw)
+            if value is None:
+                value = self._read(raw, _spans(raw, 0, len(raw)))
+                if len(known) >= _MEMO_SIZE:
+                    known.clear()
+                known[raw] = value
+            values.append(value)
+        return tuple(values)
+
+
+def _k(name: str) -> int:
+    return DICTIONARY.avp(name).key
+
+
+_DECODE = {d.key: d.decode for d in DICTIONARY.by_key.values()}
+_ENUM_NAMES = {d.key: d.enum_by_value for d in DICTIONARY.by_key.values()}
+_SERVICE_INFORMATION = _k("Service-Information")
+_IMS_INFORMATION = _k("IMS-Information")
+_SUBSCRIPTION_ID, _SUBSCRIPTION_ID_TYPE, _SUBSCRIPTION_ID_DATA = (
+    _k("Subscription-Id"),
+    _k("Subscription-Id-Type"),
+    _k("Subscription-Id-Data"),
+)
+_EVENT_TYPE, _SIP_METHOD, _EVENT = _k("Event-Type"), _k("SIP-Method"), _k("Event")
+_TIME_STAMPS, _REQUEST_TIME, _RESPONSE_TIME = (
+    _k("Time-Stamps"),
+    _k("SIP-Request-Timestamp"),
+    _k("SIP-Response-Timestamp"),
+)
+_REQUEST_MS, _RESPONSE_MS = _k("SIP-Request-Timestamp-Fraction"), _k("SIP-Response-Timestamp-Fraction")
+_IOI, _ORIGINATING_IOI, _TERMINATING_IOI = _k("Inter-Operator-Identifier"), _k("Originating-IOI"), _k("Terminating-IOI")
+_MEDIA, _MEDIA_NAME, _MEDIA_DESCRIPTION = _k("SDP-Media-Component"), _k("SDP-Media-Name"), _k("SDP-Media-Description")
+_INITIATOR, _SDP_TYPE = _k("Media-Initiator-Flag"), _k("SDP-Type")
+_AS_INFO, _AS, _AS_CALLED = (
+    _k("Application-Server-Information"),
+    _k("Application-Server"),
+    _k("Application-Provided-Called-Party-Address"),
+)
+_FUNCTIONALITY, _ROLE, _CAUSE = _k("Node-Functionality"), _k("Role-Of-Node"), _k("Cause-Code")
+_ICID, _ICSI, _ACCESS = (
+    _k("IMS-Charging-Identifier"),
+    _k("IMS-Communication-Service-Identifier"),
+    _k("Access-Network-Information"),
+)
+_CALLING, _CALLED, _REQUESTED = _k("Calling-Party-Address"), _k("Called-Party-Address"), _k("Requested-Party-Address")
+_SDP_SESSION = _k("SDP-Session-Description")
+_EXTENSION_FIELDS = [(_k(name), key) for name, key in _EXTENSION_KEYS.items()]
+_RECORD_TYPES = {int(t): t for t in AcrType}
+
+_subscription_ids = _Groups(
+    lambda b, g: (
+        _name(b, g.get(_SUBSCRIPTION_ID_TYPE), _SUBSCRIPTION_ID_TYPE) or "",
+        _str(b, g.get(_SUBSCRIPTION_ID_DATA)) or "",
+    )
+)
+_iois = _Groups(lambda b, g: (_str(b, g.get(_ORIGINATING_IOI)), _str(b, g.get(_TERMINATING_IOI))))
+_event_types = _Groups(lambda b, g: (_str(b, g.get(_SIP_METHOD)), _str(b, g.get(_EVENT))))
+_media_components = _Groups(
+    lambda b, g: MediaComponent(
+        name=_str(b, g.get(_MEDIA_NAME)),
+        descriptions=_strs(b, g.get(_MEDIA_DESCRIPTION)),
+        initiator_flag=_name(b, g.get(_INITIATOR), _INITIATOR),
+        sdp_type=_name(b, g.get(_SDP_TYPE), _SDP_TYPE),
+    )
+)
+_application_servers = _Groups(lambda b, g: ApplicationServer(_str(b, g.get(_AS)), _strs(b, g.get(_AS_CALLED))))
+
+
+def _read_fast(msg: Message, received_at: float) -> Acr | None:
+    """The Acr of a well-formed IMS ACR, or None for anything the general reader must look at."""
+    top: dict[str, Any] = {}
+    service: Avp | None = None
+    for avp in msg:  # one pass; the first instance of each counts
+        key = avp.code | (avp.vendor_id << 32)
+        name = _TOP_BY_KEY.get(key)
+        if name is None or name in top:
+            continue
+        if key == _SERVICE_INFORMATION:
+            service = avp
+            top[name] = None
+        else:
+            top[name] = avp.value
+    if service is None:
+        return None
+    record_type = _RECORD_TYPES.get(top["Accounting-Record-Type"])
+    if record_type is None:
+        return None
+    buf = service.data
+    service_spans = _spans(buf, 0, len(buf))
+    ims_at = service_spans.get(_IMS_INFORMATION)
+    if not ims_at:
+        return None
+    ims = _spans(buf, *ims_at[0])
+    get = ims.get
+    functionality_at = get(_FUNCTIONALITY)
+    if not functionality_at:
+        return None
+    functionality = _ENUM_NAMES[_FUNCTIONALITY].get(_value(buf, functionality_at, _FUNCTIONALITY))
+    if functionality not in RECORD_TYPE_BY_NODE:
+        return None
+
+    request_time = response_time = None
+    stamps_at = get(_TIME_STAMPS)
+    if stamps_at:
+        stamps = _spans(buf, *stamps_at[0])
+        request_time = _unix(_value(buf, stamps.get(_REQUEST_TIME), _REQUEST_TIME))
+        response_time = _unix(_value(buf, stamps.get(_RESPONSE_TIME), _RESPONSE_TIME))
+        request_ms = _value(buf, stamps.get(_REQUEST_MS), _REQUEST_MS)
+        response_ms = _value(buf, stamps.get(_RESPONSE_MS), _RESPONSE_MS)
+        if request_time is not None and request_ms is not None:
+            request_time += min(int(request_ms), 999) / 1000
+        if response_time is not None and response_ms is not None:
+            response_time += min(int(response_ms), 999) / 1000
+    event_types = _event_types(buf, get(_EVENT_TYPE))
+    sip_method, event = event_types[0] if event_types else (None, None)
+    extensions: dict[str, Any] = {}
+    for key, extension in _EXTENSION_FIELDS:
+        found = get(key)
+        if found:
+            texts = [_text(_DECODE[key](buf, start, end)) for start, end in found]
+            extensions[extension] = texts if len(texts) > 1 else texts[0]
+    interval = top.get("Acct-Interim-Interval")
+    return Acr(
+        session_id=top["Session-Id"],
+        origin_host=top["Origin-Host"],
+        origin_realm=top["Origin-Realm"],
+        record_type=record_type,
+        record_number=int(top["Accounting-Record-Number"]),
+        received_at=received_at,
+        node_functionality=functionality,
+        event_time=_unix(top.get("Event-Timestamp")),
+        interim_interval=int(interval) if interval is not None else None,
+        retransmitted=msg.is_retransmit,
+        user_name=top.get("User-Name"),
+        service_context_id=top.get("Service-Context-Id"),
+        subscription_ids=_subscription_ids(buf, service_spans.get(_SUBSCRIPTION_ID)),
+        role_of_node=_name(buf, get(_ROLE), _ROLE),
+        icid=_str(buf, get(_ICID)),
+        iois=_iois(buf, get(_IOI)),
+        sip_method=sip_method,
+        event=event,
+        calling_parties=_strs(buf, get(_CALLING)),
+        called_party=_str(buf, get(_CALLED)),
+        requested_parties=_strs(buf, get(_REQUESTED)),
+        sip_request_time=request_time,
+        sip_response_time=response_time,
+        sdp_session_descriptions=_strs(buf, get(_SDP_SESSION)),
+        media=_media_components(buf, get(_MEDIA)),
+        cause_code=_value(buf, get(_CAUSE), _CAUSE),
+        application_servers=_application_servers(buf, get(_AS_INFO)),
+        ims_communication_service_identifier=_str(buf, get(_ICSI)),
+        access_network_information=tuple(_text(_DECODE[_ACCESS](buf, start, end)) for start, end in get(_ACCESS, ())),
         extensions=extensions,
     )

@@ -22,7 +22,8 @@ partial records: two chains of one node's session are opened by two different AC
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields
+from operator import attrgetter
 from typing import Any, Literal
 
 from pydantic import TypeAdapter
@@ -91,14 +92,26 @@ class RecordState:
     state_version: int = STATE_VERSION
 
     def to_json(self) -> str:
-        return _STATE_JSON.dump_json(self, exclude_defaults=True).decode()
+        # Fields left out are None by default: exclude_none reads back the same and is faster than
+        # exclude_defaults (9 us against 13 us), for a little more text.
+        return _STATE_JSON.dump_json(self, exclude_none=True).decode()
 
     @classmethod
     def from_json(cls, data: str | bytes) -> RecordState:
         return _STATE_JSON.validate_json(data)
 
+    def copy(self) -> RecordState:
+        """A copy the assembly may change without touching this one.
+
+        Shallow: the assembly replaces lists and dicts rather than changing them in place, so the two
+        may share them.
+        """
+        return RecordState(*_STATE_FIELDS(self))
+
 
 _STATE_JSON: TypeAdapter[RecordState] = TypeAdapter(RecordState)
+# Every field in __init__ order: RecordState(*_STATE_FIELDS(state)) is a copy (3 us, against 13 us for replace).
+_STATE_FIELDS = attrgetter(*(f.name for f in fields(RecordState)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,17 +360,15 @@ class Assembler:
             final=False,
         )
         # The next partial starts with the media in force; lists are replaced, never shared in place.
-        following = replace(
-            state,
-            media=state.media[-1:],
-            acr_numbers=[],
-            changes=0,
-            partial_seq=state.partial_seq + 1,
-            opened_at=closure,
-            opened_rx=max(now_rx, state.opened_rx),
-            start_lost=False,
-            interim_lost=False,
-        )
+        following = state.copy()
+        following.media = state.media[-1:]
+        following.acr_numbers = []
+        following.changes = 0
+        following.partial_seq = state.partial_seq + 1
+        following.opened_at = closure
+        following.opened_rx = max(now_rx, state.opened_rx)
+        following.start_lost = False
+        following.interim_lost = False
         return closed, following
 
     @staticmethod

@@ -2,9 +2,10 @@
 
 kafka-python's idempotent producer with ``acks=all`` (settings from ``charging.broker.producer_config``);
 key = ICID (else Session-Id), so that one session's CDRs keep their order on one partition; value = the
-CDR's JSON; headers ``cdr_id`` and ``schema_version``.  Rows go out in outbox order, one lease holder for
-the whole cluster.  While the broker is away rounds fail and back off, the outbox grows, and the first
-round after its return drains it.
+CDR's JSON; headers ``cdr_id`` and ``schema_version``.  The partition is the one kafka-python's default
+partitioner would pick (murmur2 of the key), computed here and remembered per key.  Rows go out in outbox
+order, one lease holder for the whole cluster.  While the broker is away rounds fail and back off, the
+outbox grows, and the first round after its return drains it.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ class OutboxPublisher(OutboxSink):
         self.producer_overrides = producer_overrides or {}
         self._producer: Any = None
         self._headers = [("schema_version", str(SCHEMA_VERSION).encode())]
+        self._partitions: list[int] = []  # the topic's, as the producer's metadata last said
+        self._partition_of: dict[bytes, int] = {}  # key -> partition, for those partitions
 
     def _ensure_producer(self) -> Any:
         if self._producer is None:
@@ -83,17 +86,26 @@ class OutboxPublisher(OutboxSink):
         producer = self._ensure_producer()
         futures = []
         error: BaseException | None = None
-        for row in rows:
+        try:
+            partitions = sorted(producer.partitions_for(self.topic))
+        except KafkaError as exc:  # no metadata while the broker is away
+            partitions, error = [], exc
+        if partitions != self._partitions:
+            self._partitions = partitions
+            self._partition_of.clear()
+        for row in rows if error is None else ():
+            key = row.partition_key.encode()
             try:
                 futures.append(
                     producer.send(
                         self.topic,
-                        key=row.partition_key.encode(),
+                        key=key,
                         value=row.payload.encode(),
                         headers=[("cdr_id", row.cdr_id.encode()), *self._headers],
+                        partition=self._partition(key),
                     )
                 )
-            except KafkaError as exc:  # e.g. no metadata while the broker is away
+            except KafkaError as exc:
                 error = exc
                 break
         try:
@@ -111,6 +123,20 @@ class OutboxPublisher(OutboxSink):
         if error is not None:
             self._drop_producer()  # start the next round with a fresh connection and producer id
         return delivered, error
+
+    def _partition(self, key: bytes) -> int:
+        """The partition kafka-python's default partitioner picks for ``key`` (murmur2, as the Java client),
+        remembered: one ICID's CDRs (every node's, every partial) come close together, and the pure-Python
+        hash is a third of the cost of a send."""
+        found = self._partition_of.get(key)
+        if found is None:
+            from kafka.partitioner.default import murmur2
+
+            if len(self._partition_of) >= 100_000:
+                self._partition_of.clear()
+            found = self._partitions[(murmur2(key) & 0x7FFFFFFF) % len(self._partitions)]
+            self._partition_of[key] = found
+        return found
 
     def on_stop(self) -> None:
         self._drop_producer()

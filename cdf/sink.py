@@ -17,9 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import Column, Connection, select, update
+from sqlalchemy import Column, Connection
 
-from cdf.models import outbox
 from cdf.store import hold_lease, release_lease
 from charging.clock import Clock
 
@@ -43,6 +42,45 @@ class SinkTiming:
     poll_seconds: float = 0.5  # look for rows written by other instances this often
     backoff_max_seconds: float = 5.0
     lease_seconds: float = 10.0
+
+
+# The outbox's mark columns, one per sink: the only names ever put into the SQL below.
+MARKS = frozenset({"published_at", "jsonl_written_at", "file_written_at"})
+
+
+def unmarked_rows(conn: Connection, column: str, limit: int) -> list[OutboxRow]:
+    """The oldest ``limit`` outbox rows whose ``column`` is not set, in outbox order."""
+    if column not in MARKS:
+        raise ValueError(f"{column} is not an outbox mark")
+    sql = (
+        f"SELECT id, cdr_id, partition_key, payload FROM cdf_outbox WHERE {column} IS NULL ORDER BY id "
+        f"LIMIT {int(limit)}"
+    )
+    return [OutboxRow(int(r[0]), r[1], r[2], r[3]) for r in conn.exec_driver_sql(sql)]
+
+
+def mark_rows(conn: Connection, column: str, ids: list[int], now: float) -> None:
+    """Set ``column`` to ``now`` on the rows ``ids``: one statement, whatever their number."""
+    if column not in MARKS:
+        raise ValueError(f"{column} is not an outbox mark")
+    if not ids:
+        return
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"UPDATE cdf_outbox SET {column} = %s WHERE id = ANY(%s)", (now, list(ids)))
+        return
+    # SQLite: the runs of consecutive ids (a round delivers rows in id order, mostly one run), as ranges
+    # of the rowid.
+    runs: list[tuple[int, int]] = []
+    for row_id in sorted(ids):
+        if runs and row_id == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], row_id)
+        else:
+            runs.append((row_id, row_id))
+    for start in range(0, len(runs), 200):
+        chunk = runs[start : start + 200]
+        where = " OR ".join(["id BETWEEN ? AND ?"] * len(chunk))
+        params = (now, *(bound for run in chunk for bound in run))
+        conn.exec_driver_sql(f"UPDATE cdf_outbox SET {column} = ? WHERE {where}", params)
 
 
 class OutboxSink:
@@ -153,30 +191,21 @@ class OutboxSink:
         return held
 
     def _pending(self) -> list[OutboxRow]:
-        stmt = (
-            select(outbox.c.id, outbox.c.cdr_id, outbox.c.partition_key, outbox.c.payload)
-            .where(self.column.is_(None))
-            .order_by(outbox.c.id)
-            .limit(self.timing.batch)
-        )
-
-        def read(conn: Connection) -> list[OutboxRow]:
-            return [OutboxRow(int(r[0]), r[1], r[2], r[3]) for r in conn.execute(stmt)]
-
+        column, limit = self.column.name, self.timing.batch
         # Through the writer too: on SQLite every transaction takes the write lock (BEGIN IMMEDIATE), and a
         # reader of its own would make the ACR writer wait for it.
-        rows: list[OutboxRow] = self.run_write(read)
+        rows: list[OutboxRow] = self.run_write(lambda conn: unmarked_rows(conn, column, limit))
         return rows
 
     def _mark(self, ids: list[int]) -> bool:
         now = self.clock.now()
-        column_name = self.column.name
+        column = self.column.name
 
         def mark(conn: Connection) -> bool:
             # Fencing: mark only while the lease is still ours, renewing it on the way.
             if not hold_lease(conn, self.lease_name, self.owner, now, self.timing.lease_seconds):
                 return False
-            conn.execute(update(outbox).where(outbox.c.id.in_(ids)).values({column_name: now}))
+            mark_rows(conn, column, ids, now)
             return True
 
         held = bool(self.run_write(mark))

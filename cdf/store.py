@@ -3,39 +3,63 @@
 Everything an ACR changes happens in one transaction, committed before its ACA leaves:
 the ACR log row (whose primary key makes a retransmission a duplicate, in any instance and
 after any restart), the open record of the node's session, and an outbox row for every CDR
-the ACR closed.  A batch of ACRs costs a handful of statements, whatever its size:
+the ACR closed.  A batch of ACRs costs the same handful of statements whatever its size:
 
-1. ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` into the ACR log: what comes back is new;
-2. ``SELECT ... FOR UPDATE`` of the open records concerned (PostgreSQL: in key order, so that
-   instances lock the same way round);
+1. the ACR log: which keys are new, and their rows (SQLite: a join against the batch's keys, then one
+   multi-row INSERT; PostgreSQL: ``INSERT ... ON CONFLICT DO NOTHING RETURNING``);
+2. the open records concerned: only those whose remembered version is wrong or missing come back
+   (PostgreSQL: every one, ``FOR UPDATE`` in key order, so that instances lock the same way round);
 3. the pure assembly, in memory;
-4. insert / update / delete of the records, one statement each;
+4. one DELETE of the records closed, one write of the records changed or opened;
 5. one ``UPDATE ... RETURNING`` of this instance's local record sequence counter;
-6. one insert of the outbox rows.
+6. one INSERT of the outbox rows.
+
+The statements are plain SQL on the driver's cursor, rows passed as multi-row VALUES (SQLite) or
+arrays (PostgreSQL): no per-row work in Python beyond building the parameters.  On SQLite every
+statement step gives the GIL away and has to win it back from the event loop, so the count of steps per
+batch, not per ACR, is what keeps the writer thread from waiting.
+
+**Records remembered.** The store keeps the records it wrote last (``cache_size``, least recently used
+dropped) with their version.  Every record row carries the version and the writer that wrote it
+(``updated_by``: this store's ``tag``, the node id and a random part, new in every process).  A
+remembered record is used only when the row still has that version *and* that writer, so a record that
+another instance (or the command line, or another process of the same node id) wrote meanwhile, closed,
+or closed and opened again, is read afresh; a batch whose COMMIT failed leaves remembered versions one
+ahead of the rows, which is read afresh too.  The assembly works on copies, so a batch that fails
+leaves what is remembered untouched.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import itertools
 import logging
+import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, bindparam, delete, insert, select, tuple_, update
+from sqlalchemy import ColumnElement, Connection, delete, update
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
 
 from cdf.acr import Acr
 from cdf.assembly import Assembler, ClosedRecord, RecordState, build_cdr
-from cdf.models import acr_log, lease, outbox, record, sequence
+from cdf.models import acr_log, lease, outbox
 from charging.cdr import Cdr
 from charging.db import DatabaseUnavailable, GroupCommitter
 
 log = logging.getLogger("charging.cdf")
 
 RecordKey = tuple[str, str]  # (Origin-Host, Session-Id)
+AcrKey = tuple[str, str, int]  # (Session-Id, Origin-Host, Accounting-Record-Number)
+Known = tuple[int, RecordState]  # a record's version in the database, and its state
+RecordRow = tuple[RecordKey, int, RecordState, float]  # key, new version, state, due_at
+
+DEFAULT_CACHE_SIZE = 20_000  # records remembered; about 5 KB each
 
 
 class Verdict(enum.Enum):
@@ -57,52 +81,355 @@ def _insert(conn: Connection, table: Any) -> postgresql.Insert | sqlite.Insert:
     return sqlite.insert(table)
 
 
-class CdfStore:
-    """Units of work (functions of a Connection) for the GroupCommitter's writer thread."""
+class _Redo(Exception):
+    """An ACR of the batch failed in the assembly: assemble again, copying before every ACR."""
 
-    def __init__(self, assembler: Assembler, cdf_id: str) -> None:
+
+# -- SQL, per database ----------------------------------------------------------------------------------------
+_RECORD_COLUMNS = "origin_host, session_id, icid, state, opened_at, last_acr_at, due_at, version, updated_by"
+_ACR_LOG_COLUMNS = "session_id, origin_host, record_number, record_type, received_at, cdf_id"
+_OUTBOX_COLUMNS = "cdr_id, partition_key, icid, session_id, node_address, payload, created_at"
+_NEXT_NUMBERS = "UPDATE cdf_sequence SET last_value = last_value + {p} WHERE cdf_id = {p} RETURNING last_value"
+_NEW_COUNTER = "INSERT INTO cdf_sequence (cdf_id, last_value) VALUES ({p}, 0) ON CONFLICT DO NOTHING"
+
+
+class _Statements:
+    """The store's statements on one connection; ``Changed`` maps a record key to what the database holds
+    when that differs from what the store remembers: (version, state JSON), or None for no record."""
+
+    def log_acrs(self, rows: list[tuple[Any, ...]]) -> set[AcrKey]:
+        """Insert the ACR log rows whose key is new; return those keys."""
+        raise NotImplementedError
+
+    def unlog_acrs(self, keys: list[AcrKey]) -> None:
+        raise NotImplementedError
+
+    def changed_records(
+        self, keys: list[RecordKey], remembered: list[int | None], tag: str
+    ) -> dict[RecordKey, tuple[int, str] | None]:
+        """Of ``keys`` (sorted), those whose row is not at the ``remembered`` version written by ``tag``
+        (None: nothing remembered, so only an existing row differs)."""
+        raise NotImplementedError
+
+    def due_records(self, now: float, limit: int) -> list[tuple[str, str, int, str, str]]:
+        raise NotImplementedError
+
+    def delete_records(self, keys: list[RecordKey]) -> None:
+        raise NotImplementedError
+
+    def write_records(self, opened: list[tuple[Any, ...]], changed: list[tuple[Any, ...]]) -> None:
+        """Insert ``opened`` and overwrite ``changed`` (rows in _RECORD_COLUMNS order)."""
+        raise NotImplementedError
+
+    def next_numbers(self, cdf_id: str, count: int) -> int:
+        """The last of ``count`` local record sequence numbers taken for ``cdf_id``."""
+        raise NotImplementedError
+
+    def insert_outbox(self, rows: list[tuple[Any, ...]]) -> None:
+        raise NotImplementedError
+
+
+class _SqliteStatements(_Statements):
+    """Multi-row VALUES on the sqlite3 connection itself: one statement step per statement, not per row."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.dialect = conn.dialect
+        self.db: sqlite3.Connection = conn.connection.driver_connection  # type: ignore[assignment]
+        self.max_variables = self.db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+
+    def _run(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        try:
+            return self.db.execute(sql, params).fetchall()
+        except sqlite3.Error as error:
+            # As SQLAlchemy would have raised it: an OperationalError (locked, I/O) means the database is
+            # unavailable to the GroupCommitter; anything else fails the batch, which is retried ACR by ACR.
+            raise sa_exc.DBAPIError.instance(
+                sql, None, error, sqlite3.Error, hide_parameters=True, dialect=self.dialect
+            ) from error
+
+    def _chunks(self, rows: Sequence[tuple[Any, ...]], width: int) -> Iterable[tuple[str, list[Any]]]:
+        """(``VALUES (?, ...), ...``, flat parameters) for as many rows as one statement may bind."""
+        per_statement = max(1, self.max_variables // width)
+        one = "(" + ",".join("?" * width) + ")"
+        for start in range(0, len(rows), per_statement):
+            chunk = rows[start : start + per_statement]
+            yield "VALUES " + ",".join(itertools.repeat(one, len(chunk))), list(itertools.chain.from_iterable(chunk))
+
+    def log_acrs(self, rows: list[tuple[Any, ...]]) -> set[AcrKey]:
+        # The write lock is ours since BEGIN IMMEDIATE: nobody can log a key between the two statements.
+        known: set[AcrKey] = set()
+        for values, params in self._chunks([row[:3] for row in rows], 3):
+            found = self._run(
+                f"SELECT a.session_id, a.origin_host, a.record_number FROM ({values}) AS v "
+                "JOIN cdf_acr_log AS a ON a.session_id = v.column1 AND a.origin_host = v.column2 "
+                "AND a.record_number = v.column3",
+                params,
+            )
+            known.update(found)
+        new = [row for row in rows if row[:3] not in known] if known else rows
+        for values, params in self._chunks(new, 6):
+            self._run(f"INSERT INTO cdf_acr_log ({_ACR_LOG_COLUMNS}) {values}", params)
+        return {row[:3] for row in new}
+
+    def unlog_acrs(self, keys: list[AcrKey]) -> None:
+        for values, params in self._chunks(keys, 3):
+            self._run(
+                "DELETE FROM cdf_acr_log WHERE rowid IN (SELECT a.rowid FROM "
+                f"({values}) AS v JOIN cdf_acr_log AS a ON a.session_id = v.column1 "
+                "AND a.origin_host = v.column2 AND a.record_number = v.column3)",
+                params,
+            )
+
+    def changed_records(
+        self, keys: list[RecordKey], remembered: list[int | None], tag: str
+    ) -> dict[RecordKey, tuple[int, str] | None]:
+        # Only the rows that differ come back: in the steady state, none (one statement step).
+        rows = [
+            (host, session, version, tag if version is not None else None)
+            for (host, session), version in zip(keys, remembered, strict=True)
+        ]
+        changed: dict[RecordKey, tuple[int, str] | None] = {}
+        for values, params in self._chunks(rows, 4):
+            found = self._run(
+                f"SELECT v.column1, v.column2, r.version, r.state FROM ({values}) AS v "
+                "LEFT JOIN cdf_record AS r ON r.origin_host = v.column1 AND r.session_id = v.column2 "
+                "WHERE r.version IS NOT v.column3 OR r.updated_by IS NOT v.column4",
+                params,
+            )
+            for host, session, version, state in found:
+                changed[(host, session)] = (version, state) if version is not None else None
+        return changed
+
+    def due_records(self, now: float, limit: int) -> list[tuple[str, str, int, str, str]]:
+        return self._run(
+            "SELECT origin_host, session_id, version, updated_by, state FROM cdf_record "
+            "WHERE due_at <= ? ORDER BY due_at LIMIT ?",
+            (now, limit),
+        )
+
+    def delete_records(self, keys: list[RecordKey]) -> None:
+        for values, params in self._chunks(keys, 2):
+            self._run(
+                "DELETE FROM cdf_record WHERE rowid IN (SELECT r.rowid FROM "
+                f"({values}) AS v JOIN cdf_record AS r ON r.origin_host = v.column1 AND r.session_id = v.column2)",
+                params,
+            )
+
+    def write_records(self, opened: list[tuple[Any, ...]], changed: list[tuple[Any, ...]]) -> None:
+        # Under the write lock and after the version check, an upsert does both in one statement.
+        for values, params in self._chunks(opened + changed, 9):
+            self._run(
+                f"INSERT INTO cdf_record ({_RECORD_COLUMNS}) {values} "
+                "ON CONFLICT (origin_host, session_id) DO UPDATE SET icid = excluded.icid, state = excluded.state, "
+                "opened_at = excluded.opened_at, last_acr_at = excluded.last_acr_at, due_at = excluded.due_at, "
+                "version = excluded.version, updated_by = excluded.updated_by",
+                params,
+            )
+
+    def next_numbers(self, cdf_id: str, count: int) -> int:
+        found = self._run(_NEXT_NUMBERS.format(p="?"), (count, cdf_id))
+        if not found:
+            # The instance's first CDR: create its counter (another process of the same id may race us).
+            self._run(_NEW_COUNTER.format(p="?"), (cdf_id,))
+            found = self._run(_NEXT_NUMBERS.format(p="?"), (count, cdf_id))
+        return int(found[0][0])
+
+    def insert_outbox(self, rows: list[tuple[Any, ...]]) -> None:
+        for values, params in self._chunks(rows, 7):
+            self._run(f"INSERT INTO cdf_outbox ({_OUTBOX_COLUMNS}) {values}", params)
+
+
+def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> tuple[list[Any], ...]:
+    """Rows to columns: one array parameter per column."""
+    if not rows:
+        return tuple([] for _ in range(width))
+    return tuple(list(column) for column in zip(*rows, strict=True))
+
+
+class _PostgresStatements(_Statements):
+    """One array per column (``unnest``): the same SQL text whatever the batch size, one round trip each.
+
+    The arrays go in binary (``%b``): in text form psycopg escapes every quote of every CDR's JSON with a
+    regular expression, which cost more than everything else the writer does.
+    """
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def _run(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
+        result = self.conn.exec_driver_sql(sql, params)
+        return list(result.fetchall()) if result.returns_rows else []
+
+    def log_acrs(self, rows: list[tuple[Any, ...]]) -> set[AcrKey]:
+        found = self._run(
+            f"INSERT INTO cdf_acr_log ({_ACR_LOG_COLUMNS}) "
+            "SELECT * FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::smallint[], %b::float8[], %b::text[]) "
+            "ON CONFLICT DO NOTHING RETURNING session_id, origin_host, record_number",
+            _columns(rows, 6),
+        )
+        return {(r[0], r[1], int(r[2])) for r in found}
+
+    def unlog_acrs(self, keys: list[AcrKey]) -> None:
+        self._run(
+            "DELETE FROM cdf_acr_log WHERE (session_id, origin_host, record_number) IN "
+            "(SELECT * FROM unnest(%b::text[], %b::text[], %b::bigint[]))",
+            _columns(keys, 3),
+        )
+
+    def changed_records(
+        self, keys: list[RecordKey], remembered: list[int | None], tag: str
+    ) -> dict[RecordKey, tuple[int, str] | None]:
+        # Every existing row of the batch is locked (in key order), whether remembered right or not.
+        found = self._run(
+            "SELECT origin_host, session_id, version, updated_by, state FROM cdf_record "
+            "WHERE (origin_host, session_id) IN (SELECT * FROM unnest(%b::text[], %b::text[])) "
+            "ORDER BY origin_host, session_id FOR UPDATE",
+            _columns(keys, 2),
+        )
+        rows = {(r[0], r[1]): r for r in found}
+        changed: dict[RecordKey, tuple[int, str] | None] = {}
+        for key, version in zip(keys, remembered, strict=True):
+            row = rows.get(key)
+            if row is None:
+                if version is not None:
+                    changed[key] = None
+            elif version is None or row[2] != version or row[3] != tag:
+                changed[key] = (int(row[2]), row[4])
+        return changed
+
+    def due_records(self, now: float, limit: int) -> list[tuple[str, str, int, str, str]]:
+        return self._run(
+            "SELECT origin_host, session_id, version, updated_by, state FROM cdf_record WHERE due_at <= %s "
+            "ORDER BY due_at LIMIT %s FOR UPDATE SKIP LOCKED",  # another instance's sweeper takes the others
+            (now, limit),
+        )
+
+    def delete_records(self, keys: list[RecordKey]) -> None:
+        self._run(
+            "DELETE FROM cdf_record WHERE (origin_host, session_id) IN (SELECT * FROM unnest(%b::text[], %b::text[]))",
+            _columns(keys, 2),
+        )
+
+    _RECORD_ARRAYS = (
+        "%b::text[], %b::text[], %b::text[], %b::text[], %b::float8[], %b::float8[], %b::float8[], "
+        "%b::int[], %b::text[]"
+    )
+
+    def write_records(self, opened: list[tuple[Any, ...]], changed: list[tuple[Any, ...]]) -> None:
+        if opened:
+            # A plain INSERT: a record another instance opened meanwhile fails the batch (retried ACR by ACR)
+            # rather than being overwritten.
+            self._run(
+                f"INSERT INTO cdf_record ({_RECORD_COLUMNS}) SELECT * FROM unnest({self._RECORD_ARRAYS})",
+                _columns(opened, 9),
+            )
+        if changed:
+            self._run(
+                "UPDATE cdf_record AS r SET icid = v.icid, state = v.state, opened_at = v.opened_at, "
+                "last_acr_at = v.last_acr_at, due_at = v.due_at, version = v.version, updated_by = v.updated_by "
+                f"FROM unnest({self._RECORD_ARRAYS}) AS v({_RECORD_COLUMNS}) "
+                "WHERE r.origin_host = v.origin_host AND r.session_id = v.session_id",
+                _columns(changed, 9),
+            )
+
+    def next_numbers(self, cdf_id: str, count: int) -> int:
+        found = self._run(_NEXT_NUMBERS.format(p="%s"), (count, cdf_id))
+        if not found:
+            self._run(_NEW_COUNTER.format(p="%s"), (cdf_id,))
+            found = self._run(_NEXT_NUMBERS.format(p="%s"), (count, cdf_id))
+        return int(found[0][0])
+
+    def insert_outbox(self, rows: list[tuple[Any, ...]]) -> None:
+        self._run(
+            f"INSERT INTO cdf_outbox ({_OUTBOX_COLUMNS}) SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], "
+            "%b::text[], %b::text[], %b::text[], %b::float8[])",
+            _columns(rows, 7),
+        )
+
+
+def _statements(conn: Connection) -> _Statements:
+    name = conn.dialect.name
+    if name == "sqlite":
+        return _SqliteStatements(conn)
+    if name == "postgresql":
+        return _PostgresStatements(conn)
+    raise ValueError(f"the CDF store runs on SQLite or PostgreSQL, not {name}")
+
+
+# -- the units of work ---------------------------------------------------------------------------------------
+class CdfStore:
+    """Units of work (functions of a Connection) for the GroupCommitter's writer thread.
+
+    Not thread-safe: one writer thread (or one caller at a time) uses a store.
+    """
+
+    def __init__(
+        self, assembler: Assembler, cdf_id: str, *, cache_size: int = DEFAULT_CACHE_SIZE, tag: str | None = None
+    ) -> None:
         self.assembler = assembler
         self.cdf_id = cdf_id
+        self.tag = tag or f"{cdf_id}/{uuid.uuid4().hex[:12]}"  # updated_by of every record this store writes
+        self.cache_size = cache_size
+        self._known: dict[RecordKey, Known] = {}  # insertion order = least recently written first
+        self.records_remembered = 0  # records taken from memory
+        self.records_read = 0  # records read from the database (not remembered, or written elsewhere)
 
     # -- ACRs -----------------------------------------------------------------------------------------------
     def write_acrs(self, conn: Connection, acrs: Sequence[Acr]) -> WriteResult:
         """Store a batch of ACRs: duplicates out, records updated, closed CDRs into the outbox."""
+        db = _statements(conn)
         verdicts: list[Verdict] = [Verdict.DUPLICATE] * len(acrs)
-        first_of_key: dict[tuple[str, str, int], int] = {}
+        first_of_key: dict[AcrKey, int] = {}
         for index, acr in enumerate(acrs):
             first_of_key.setdefault(acr.key, index)
-        rows = [
-            {
-                "session_id": acr.session_id,
-                "origin_host": acr.origin_host,
-                "record_number": acr.record_number,
-                "record_type": int(acr.record_type),
-                "received_at": acr.received_at,
-                "cdf_id": self.cdf_id,
-            }
-            for index, acr in enumerate(acrs)
-            if first_of_key[acr.key] == index
-        ]
-        stmt = (
-            _insert(conn, acr_log)
-            .on_conflict_do_nothing()
-            .returning(acr_log.c.session_id, acr_log.c.origin_host, acr_log.c.record_number)
+        cdf_id = self.cdf_id
+        logged = db.log_acrs(
+            [
+                (acr.session_id, acr.origin_host, acr.record_number, int(acr.record_type), acr.received_at, cdf_id)
+                for acr in (acrs[i] for i in first_of_key.values())
+            ]
         )
-        inserted = {(r[0], r[1], r[2]) for r in conn.execute(stmt, rows)}
-        fresh = [i for i, acr in enumerate(acrs) if first_of_key[acr.key] == i and acr.key in inserted]
+        fresh = [i for i in first_of_key.values() if acrs[i].key in logged]
         if not fresh:
             return WriteResult(verdicts)
-        keys = sorted({(acrs[i].origin_host, acrs[i].session_id) for i in fresh})
-        states = self._load(conn, keys)
-        existed = set(states)
+        base = self._read(db, sorted({(acrs[i].origin_host, acrs[i].session_id) for i in fresh}))
+        try:
+            states, closed, failed = self._assemble(acrs, fresh, base, verdicts, careful=False)
+        except _Redo:
+            states, closed, failed = self._assemble(acrs, fresh, base, verdicts, careful=True)
+        if failed:
+            db.unlog_acrs([a.key for a in failed])
+        cdrs = self._persist(db, base, states, closed, now=max(acrs[i].received_at for i in fresh))
+        return WriteResult(verdicts, cdrs)
+
+    def _assemble(
+        self,
+        acrs: Sequence[Acr],
+        fresh: list[int],
+        base: dict[RecordKey, Known],
+        verdicts: list[Verdict],
+        *,
+        careful: bool,
+    ) -> tuple[dict[RecordKey, RecordState | None], list[ClosedRecord], list[Acr]]:
+        """Apply the fresh ACRs in order.  The states in ``base`` are never changed: a record is copied before
+        its first ACR of the batch, and, when ``careful``, before every ACR, so that one that fails in the
+        assembly leaves its record as it was (the first failure without ``careful`` raises _Redo)."""
+        states: dict[RecordKey, RecordState | None] = {key: known[1] for key, known in base.items()}
+        owned: set[RecordKey] = set()  # states this batch made or copied, which it may change in place
         closed: list[ClosedRecord] = []
         failed: list[Acr] = []
+        apply = self.assembler.apply
         for index in fresh:
             acr = acrs[index]
             key = (acr.origin_host, acr.session_id)
+            state = states.get(key)
+            if state is not None and (careful or key not in owned):
+                state = state.copy()
             try:
-                outcome = self.assembler.apply(states.get(key), acr)
+                outcome = apply(state, acr)
             except Exception:
+                if not careful:
+                    raise _Redo from None
                 # A defect in the assembly must not take the batch down; this ACR gets 5012 and is not kept.
                 log.exception(
                     "ACR %d of %s could not be assembled",
@@ -114,18 +441,10 @@ class CdfStore:
                 failed.append(acr)
                 continue
             states[key] = outcome.state
+            owned.add(key)
             closed.extend(outcome.closed)
             verdicts[index] = Verdict.STORED
-        if failed:
-            conn.execute(
-                delete(acr_log).where(
-                    tuple_(acr_log.c.session_id, acr_log.c.origin_host, acr_log.c.record_number).in_(
-                        [a.key for a in failed]
-                    )
-                )
-            )
-        cdrs = self._persist(conn, states, existed, closed, now=max(acrs[i].received_at for i in fresh))
-        return WriteResult(verdicts, cdrs)
+        return states, closed, failed
 
     # -- the clock ------------------------------------------------------------------------------------------
     def sweep(self, conn: Connection, now: float, limit: int) -> tuple[int, list[Cdr]]:
@@ -133,18 +452,19 @@ class CdfStore:
 
         Returns how many due records it looked at (``limit`` means: call again) and the CDRs it closed.
         """
-        stmt = select(record.c.origin_host, record.c.session_id, record.c.state).where(record.c.due_at <= now)
-        stmt = stmt.order_by(record.c.due_at).limit(limit)
-        if conn.dialect.name == "postgresql":
-            stmt = stmt.with_for_update(skip_locked=True)  # another instance's sweeper takes the others
-        states: dict[RecordKey, RecordState | None] = {
-            (r[0], r[1]): RecordState.from_json(r[2]) for r in conn.execute(stmt)
-        }
-        existed = set(states)
+        db = _statements(conn)
+        base: dict[RecordKey, Known] = {}
+        for host, session, version, written_by, text in db.due_records(now, limit):
+            key = (host, session)
+            known = self._known.get(key)
+            if known is not None and known[0] == version and written_by == self.tag:
+                base[key] = known
+            else:
+                base[key] = (int(version), RecordState.from_json(text))
+        states: dict[RecordKey, RecordState | None] = {}
         closed: list[ClosedRecord] = []
-        for key, state in list(states.items()):
-            assert state is not None
-            outcome = self.assembler.on_timer(state, now)
+        for key, (_, state) in base.items():
+            outcome = self.assembler.on_timer(state.copy(), now)
             states[key] = outcome.state
             closed.extend(outcome.closed)
             for item in outcome.closed:
@@ -154,7 +474,7 @@ class CdfStore:
                     item.cause.value,
                     extra={"session_id": key[1], "icid": item.state.icid},
                 )
-        return len(existed), self._persist(conn, states, existed, closed, now=now)
+        return len(base), self._persist(db, base, states, closed, now=now)
 
     def purge(self, conn: Connection, before: float, *, marks: Sequence[str]) -> tuple[int, int]:
         """Delete ACR log rows older than ``before``, and CDRs as old that every sink in ``marks`` (outbox
@@ -165,95 +485,94 @@ class CdfStore:
         return acrs, cdrs
 
     # -- shared -----------------------------------------------------------------------------------------------
-    def _load(self, conn: Connection, keys: list[RecordKey]) -> dict[RecordKey, RecordState | None]:
-        stmt = (
-            select(record.c.origin_host, record.c.session_id, record.c.state)
-            .where(tuple_(record.c.origin_host, record.c.session_id).in_(keys))
-            .order_by(record.c.origin_host, record.c.session_id)
-            .with_for_update()  # rendered on PostgreSQL only; SQLite holds the database lock already
-        )
-        return {(r[0], r[1]): RecordState.from_json(r[2]) for r in conn.execute(stmt)}
+    def _read(self, db: _Statements, keys: list[RecordKey]) -> dict[RecordKey, Known]:
+        """The records of ``keys`` as the database has them: from memory where the version says it may."""
+        known = self._known
+        remembered = [entry[0] if (entry := known.get(key)) is not None else None for key in keys]
+        changed = db.changed_records(keys, remembered, self.tag)
+        base: dict[RecordKey, Known] = {}
+        for key, version in zip(keys, remembered, strict=True):
+            if key in changed:
+                found = changed[key]
+                if found is not None:
+                    base[key] = (int(found[0]), RecordState.from_json(found[1]))
+                    self.records_read += 1
+            elif version is not None:
+                base[key] = known[key]
+                self.records_remembered += 1
+        return base
 
     def _persist(
         self,
-        conn: Connection,
+        db: _Statements,
+        base: dict[RecordKey, Known],
         states: dict[RecordKey, RecordState | None],
-        existed: set[RecordKey],
         closed: list[ClosedRecord],
         now: float,
     ) -> list[Cdr]:
-        gone = [key for key, state in states.items() if state is None and key in existed]
+        gone = [key for key, state in states.items() if state is None and key in base]
         if gone:
-            conn.execute(delete(record).where(tuple_(record.c.origin_host, record.c.session_id).in_(gone)))
-        new_rows: list[dict[str, Any]] = []
-        changed_rows: list[dict[str, Any]] = []
+            db.delete_records(gone)
+        opened: list[tuple[Any, ...]] = []
+        changed: list[tuple[Any, ...]] = []
+        written: list[tuple[RecordKey, Known]] = []
+        due_at = self.assembler.due_at
+        tag = self.tag
         for key, state in states.items():
             if state is None:
                 continue
-            row = {
-                "icid": state.icid,
-                "state": state.to_json(),
-                "opened_at": state.opened_at,
-                "last_acr_at": state.last_acr_at,
-                "due_at": self.assembler.due_at(state),
-                "updated_by": self.cdf_id,
-            }
-            if key in existed:
-                changed_rows.append({"b_host": key[0], "b_session": key[1], **row})
-            else:
-                new_rows.append({"origin_host": key[0], "session_id": key[1], "version": 1, **row})
-        if new_rows:
-            conn.execute(insert(record), new_rows)
-        if changed_rows:
-            conn.execute(
-                update(record)
-                .where(record.c.origin_host == bindparam("b_host"), record.c.session_id == bindparam("b_session"))
-                .values(
-                    icid=bindparam("icid"),
-                    state=bindparam("state"),
-                    opened_at=bindparam("opened_at"),
-                    last_acr_at=bindparam("last_acr_at"),
-                    due_at=bindparam("due_at"),
-                    updated_by=bindparam("updated_by"),
-                    version=record.c.version + 1,
-                ),
-                changed_rows,
+            before = base.get(key)
+            version = before[0] + 1 if before is not None else 1
+            row = (
+                key[0],
+                key[1],
+                state.icid,
+                state.to_json(),
+                state.opened_at,
+                state.last_acr_at,
+                due_at(state),
+                version,
+                tag,
             )
-        if not closed:
-            return []
-        first = self._reserve_local_numbers(conn, len(closed))
-        cdrs = [build_cdr(item, first + n, self.cdf_id) for n, item in enumerate(closed)]
-        conn.execute(
-            insert(outbox),
-            [
-                {
-                    "cdr_id": cdr.cdr_id,
-                    "partition_key": cdr.partition_key,
-                    "icid": cdr.ims_charging_identifier,
-                    "session_id": cdr.session_id,
-                    "node_address": cdr.node_address,
-                    "payload": cdr.to_json().decode(),
-                    "created_at": now,
-                }
-                for cdr in cdrs
-            ],
-        )
+            (changed if before is not None else opened).append(row)
+            written.append((key, (version, state)))
+        if opened or changed:
+            db.write_records(opened, changed)
+        cdrs: list[Cdr] = []
+        if closed:
+            last = db.next_numbers(self.cdf_id, len(closed))
+            first = last - len(closed) + 1
+            cdrs = [build_cdr(item, first + n, self.cdf_id) for n, item in enumerate(closed)]
+            db.insert_outbox(
+                [
+                    (
+                        cdr.cdr_id,
+                        cdr.partition_key,
+                        cdr.ims_charging_identifier,
+                        cdr.session_id,
+                        cdr.node_address,
+                        cdr.model_dump_json(),  # what Cdr.to_json gives, as text
+                        now,
+                    )
+                    for cdr in cdrs
+                ]
+            )
+        self._remember(gone, written)
         return cdrs
 
-    def _reserve_local_numbers(self, conn: Connection, count: int) -> int:
-        """The first of ``count`` consecutive local record sequence numbers of this instance (from 1, no gaps)."""
-        stmt = (
-            update(sequence)
-            .where(sequence.c.cdf_id == self.cdf_id)
-            .values(last_value=sequence.c.last_value + count)
-            .returning(sequence.c.last_value)
-        )
-        last = conn.execute(stmt).scalar()
-        if last is None:
-            # The instance's first CDR: create its counter (another process of the same id may race us).
-            conn.execute(_insert(conn, sequence).values(cdf_id=self.cdf_id, last_value=0).on_conflict_do_nothing())
-            last = conn.execute(stmt).scalar_one()
-        return int(last) - count + 1
+    def _remember(self, gone: list[RecordKey], written: list[tuple[RecordKey, Known]]) -> None:
+        """What this batch wrote, as the database will have it once it commits (if it does not, the versions
+        remembered are ahead of the rows, and the next batch reads those records afresh)."""
+        known = self._known
+        for key in gone:
+            known.pop(key, None)
+        for key, entry in written:
+            known.pop(key, None)  # to the end: the most recently written
+            known[key] = entry
+        excess = len(known) - self.cache_size
+        if excess > 0:
+            for key in list(itertools.islice(known, excess)):
+                del known[key]
 
 
 # -- leases: one publisher and one file writer in a cluster of instances ------------------------------------

@@ -7,7 +7,8 @@ from sqlalchemy import func, select, update
 from cdf.acr import Acr
 from cdf.assembly import Assembler, AssemblyConfig, Outcome, RecordState
 from cdf.models import acr_log, outbox
-from cdf.store import CdfStore, Verdict, hold_lease
+from cdf.queries import list_cdrs
+from cdf.store import CdfStore, Verdict, WriteResult, hold_lease
 from tests.cdf.acrs import T0, acr
 from tests.conftest import Database
 
@@ -75,3 +76,83 @@ def test_a_lease_is_held_by_one_instance_until_it_expires(database: Database) ->
         assert not hold_lease(conn, "publisher", "cdf-b", T0 + 14, 10)
         assert hold_lease(conn, "publisher", "cdf-b", T0 + 16, 10)
         assert not hold_lease(conn, "publisher", "cdf-a", T0 + 17, 10)  # fenced: its marks are refused
+
+
+# -- records remembered between batches ----------------------------------------------------------------------
+def write(database: Database, store: CdfStore, *acrs: Acr) -> WriteResult:
+    with database.engine.begin() as conn:
+        return store.write_acrs(conn, list(acrs))
+
+
+def test_a_record_another_instance_wrote_is_read_afresh(database: Database) -> None:
+    config = AssemblyConfig(interim_closes_partial=False)
+    a, b = CdfStore(Assembler(config), "cdf-a"), CdfStore(Assembler(config), "cdf-b")
+    write(database, a, acr("START", 0), acr("INTERIM", 1, at=T0 + 10))  # a remembers the record
+    write(database, b, acr("INTERIM", 2, at=T0 + 20))  # the session moved to b, and back:
+    write(database, a, acr("INTERIM", 3, at=T0 + 30))
+    [cdr] = write(database, b, acr("STOP", 4, at=T0 + 40)).cdrs
+    assert cdr.accounting_record_numbers == [0, 1, 2, 3, 4]
+    assert cdr.duration_seconds == 40
+    assert a.records_read == 1 and b.records_read == 2
+
+
+def test_a_record_closed_and_opened_again_elsewhere_at_the_same_version_is_read_afresh(database: Database) -> None:
+    config = AssemblyConfig(interim_closes_partial=False)
+    a, b = CdfStore(Assembler(config), "cdf-a"), CdfStore(Assembler(config), "cdf-b")
+    write(database, a, acr("START", 0), acr("INTERIM", 1, at=T0 + 10))  # version 1, written by a
+    write(database, b, acr("STOP", 2, at=T0 + 20))
+    write(database, b, acr("START", 10, at=T0 + 30), acr("INTERIM", 11, at=T0 + 40))  # version 1 again, by b
+    write(database, a, acr("INTERIM", 12, at=T0 + 50))
+    write(database, b, acr("STOP", 13, at=T0 + 60))
+    with database.engine.connect() as conn:
+        stored = [cdr for _, cdr in list_cdrs(conn, limit=10)]
+    first, second = stored
+    assert first.accounting_record_numbers == [0, 1, 2]
+    assert second.accounting_record_numbers == [10, 11, 12, 13]
+    assert second.duration_seconds == 30
+
+
+def test_a_batch_that_was_rolled_back_leaves_no_remembered_record_behind(database: Database) -> None:
+    store = CdfStore(Assembler(AssemblyConfig(interim_closes_partial=False)), "cdf-1")
+    write(database, store, acr("START", 0))
+    with database.engine.connect() as conn:
+        transaction = conn.begin()
+        store.write_acrs(conn, [acr("INTERIM", 1, at=T0 + 10)])  # remembered as version 2 ...
+        transaction.rollback()  # ... which never reached the database
+    write(database, store, acr("INTERIM", 1, at=T0 + 10))  # the node's retransmission
+    [cdr] = write(database, store, acr("STOP", 2, at=T0 + 20)).cdrs
+    assert cdr.accounting_record_numbers == [0, 1, 2]
+    assert store.records_read == 1
+
+
+class CorruptsThenFails(Assembler):
+    """A defect that changes the record before it raises."""
+
+    def apply(self, state: RecordState | None, item: Acr) -> Outcome:
+        if item.record_number == 7 and state is not None:
+            state.acr_numbers = [*state.acr_numbers, 999]
+            state.cause_code = 99
+            raise RuntimeError("a defect")
+        return super().apply(state, item)
+
+
+def test_an_acr_that_fails_half_way_leaves_its_record_as_it_was(database: Database) -> None:
+    store = CdfStore(CorruptsThenFails(AssemblyConfig(interim_closes_partial=False)), "cdf-1")
+    write(database, store, acr("START", 0))
+    result = write(database, store, acr("INTERIM", 1, at=T0 + 10), acr("INTERIM", 7), acr("INTERIM", 2, at=T0 + 20))
+    assert result.verdicts == [Verdict.STORED, Verdict.FAILED, Verdict.STORED]
+    [cdr] = write(database, store, acr("STOP", 3, at=T0 + 30)).cdrs
+    assert cdr.accounting_record_numbers == [0, 1, 2, 3]
+    assert cdr.cause_code is None
+    other = CdfStore(Assembler(AssemblyConfig()), "cdf-2")  # what the database holds agrees
+    write(database, other, acr("START", 0, session="s2"))
+    assert count(database, acr_log) == 5  # number 7 was not logged: its retransmission is tried afresh
+
+
+def test_only_the_most_recently_written_records_are_remembered(database: Database) -> None:
+    store = CdfStore(Assembler(AssemblyConfig(interim_closes_partial=False)), "cdf-1", cache_size=2)
+    write(database, store, *(acr("START", 0, session=f"s{n}") for n in range(4)))
+    write(database, store, *(acr("INTERIM", 1, session=f"s{n}", at=T0 + 5) for n in range(4)))
+    assert (store.records_remembered, store.records_read) == (2, 2)
+    cdrs = write(database, store, *(acr("STOP", 2, session=f"s{n}", at=T0 + 9) for n in range(4))).cdrs
+    assert [c.accounting_record_numbers for c in cdrs] == [[0, 1, 2]] * 4
