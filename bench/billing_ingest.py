@@ -12,36 +12,54 @@ interconnect; 10 % for unknown parties, stored unassigned), then reads the whole
 each time as a new consumer group from the earliest offset:
 
 * baseline: a plain kafka-python consumer that polls and does nothing with the records;
-* billing: ``BillingConsumer`` rounds (parse, one transaction per batch that stores, rates,
-  books usage and invoice lines, then the offset commit).
+* billing: ``BillingConsumer`` rounds as ``BillingConsumer.run`` does them (poll and parse a
+  batch while the store thread runs the previous one's transaction, which stores, rates, books
+  usage and invoice lines; then that batch's offset commit).
 
-Each clock starts when the first records arrive, so the group join (seconds, on tansu) is
-not counted, and stops when the last record is consumed (baseline) or its batch's offsets
-are committed (billing).  The last line is one JSON object:
-``{"cdr_per_s": N, "raw_consume_per_s": N, "ratio": R}``.
+Both read with the same consumer settings (``charging.broker.consumer_config``) and the same
+``--batch`` records per poll.  Each clock starts with the first poll made once the consumer has
+joined its group, so the join (seconds, on tansu) is not counted but the fetch of the first
+records is (kafka-python fetches in its IO thread, so records often arrive between polls; records
+a poll brought before the clock started are left out of the rate), and stops when the last record
+is consumed (baseline) or its batch's offsets are committed (billing).  Next to the rates it prints
+the CPU time each side spent per record in this process (a PostgreSQL server's own work is not in
+it), which varies far less than the rates when other work shares the machine.
+
+``--consumers N`` (1 to 4) runs billing as it is deployed at scale: N processes, each one billing
+consumer, in one consumer group sharing the 4 partitions (the baseline stays one consumer); the
+processes hold back until each has its share of the partitions, so that no rebalance falls into
+the measurement, and the output says how many ran on how many cores.  The last line is one JSON object:
+``{"cdr_per_s": N, "raw_consume_per_s": N, "ratio": R, "billing_consumers": N, "cores": N,
+"raw_cpu_us_per_record": X, "billing_cpu_us_per_cdr": X}``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import os
 import platform
+import queue
 import random
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from datetime import time as clock_time
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer
-from sqlalchemy import func, select, text
+from sqlalchemy import Engine, func, select, text
 
 from billing import models
 from billing.catalog import AccountSpec, create_account, set_tariff
-from billing.consumer import BillingConsumer
+from billing.consumer import Batch, BillingConsumer
 from billing.rating import (
     DestinationRate,
     InterconnectPartner,
@@ -56,6 +74,7 @@ from charging.cdr import CauseForRecordClosing, Cdr, InterOperatorIdentifiers, R
 from charging.db import make_engine, migrate
 
 ACCOUNTS = 100
+PARTITIONS = 4
 START = datetime(2026, 3, 2, 7, 0, tzinfo=UTC)
 
 
@@ -87,8 +106,12 @@ def tariff() -> TariffPlan:
 
 
 def make_cdrs(count: int, seed: int = 7) -> list[Cdr]:
+    return list(iter_cdrs(count, seed))
+
+
+def iter_cdrs(count: int, seed: int = 7) -> Iterator[Cdr]:
+    """The CDRs of the benchmark, one at a time (the process does not keep them: see ``main``)."""
     rng = random.Random(seed)
-    cdrs = []
     for index in range(count):
         session = f"bench-{index}"
         known = rng.random() < 0.9
@@ -97,32 +120,29 @@ def make_cdrs(count: int, seed: int = 7) -> list[Cdr]:
         message = rng.random() < 0.2
         duration = 0.0 if message else float(rng.randrange(5, 900))
         called = rng.choice(["tel:+4930123456", "tel:+4915112345678", "tel:+12125550100"])
-        cdrs.append(
-            Cdr(
-                cdr_id=cdr_id_for("scscf.home.net", session, None),
-                record_type=RecordType.S_CSCF,
-                node_functionality="S_CSCF",
-                node_address="scscf.home.net",
-                session_id=session,
-                ims_charging_identifier=f"icid-{session}",
-                inter_operator_identifiers=[
-                    InterOperatorIdentifiers(originating_ioi="home.net", terminating_ioi="other.net")
-                ],
-                sip_method="MESSAGE" if message else "INVITE",
-                called_party_address=called,
-                served_party=party,
-                service_delivery_start_time_stamp=start,
-                record_opening_time=start,
-                record_closure_time=start + timedelta(seconds=duration),
-                duration_seconds=duration,
-                cause_for_record_closing=CauseForRecordClosing.SERVICE_DELIVERY_END_SUCCESSFULLY,
-                local_record_sequence_number=index,
-            )
+        yield Cdr(
+            cdr_id=cdr_id_for("scscf.home.net", session, None),
+            record_type=RecordType.S_CSCF,
+            node_functionality="S_CSCF",
+            node_address="scscf.home.net",
+            session_id=session,
+            ims_charging_identifier=f"icid-{session}",
+            inter_operator_identifiers=[
+                InterOperatorIdentifiers(originating_ioi="home.net", terminating_ioi="other.net")
+            ],
+            sip_method="MESSAGE" if message else "INVITE",
+            called_party_address=called,
+            served_party=party,
+            service_delivery_start_time_stamp=start,
+            record_opening_time=start,
+            record_closure_time=start + timedelta(seconds=duration),
+            duration_seconds=duration,
+            cause_for_record_closing=CauseForRecordClosing.SERVICE_DELIVERY_END_SUCCESSFULLY,
+            local_record_sequence_number=index,
         )
-    return cdrs
 
 
-def fill_topic(bootstrap: str, topic: str, cdrs: list[Cdr]) -> float:
+def fill_topic(bootstrap: str, topic: str, cdrs: Iterable[Cdr]) -> float:
     producer = KafkaProducer(**producer_config(bootstrap, linger_ms=20, batch_size=256 * 1024))
     started = time.perf_counter()
     for cdr in cdrs:
@@ -132,52 +152,196 @@ def fill_topic(bootstrap: str, topic: str, cdrs: list[Cdr]) -> float:
     return time.perf_counter() - started
 
 
-def raw_consume(bootstrap: str, topic: str, count: int, batch: int) -> float:
+@dataclass
+class _Stopwatch:
+    """Starts with the first poll made once the consumer has joined its group (so the join, seconds on
+    tansu, is not measured, and the fetch of the first records is); records a poll brought before that
+    are left out of the rate."""
+
+    started: float = 0.0  # time.monotonic(): one clock for every process of the machine
+    cpu_started: float = 0.0
+    early: int = 0
+
+    def poll(self, joined: bool) -> None:
+        if joined and not self.started:
+            self.started, self.cpu_started = time.monotonic(), time.process_time()
+
+    def delivered(self, records: int) -> None:
+        if not self.started:
+            self.early += records
+
+    def stop(self, count: int) -> tuple[float, float, int]:
+        """Seconds, CPU seconds of this process, and records measured."""
+        return time.monotonic() - self.started, time.process_time() - self.cpu_started, count - self.early
+
+
+def _join(kafka: KafkaConsumer) -> None:
+    """Poll until the group has given this consumer its partitions, then go back to their first records:
+    what the joining polls brought (kafka-python fetches as soon as it has joined) is read again, on the
+    clock."""
+    while not kafka.assignment():
+        kafka.poll(timeout_ms=100)
+    kafka.seek_to_beginning(*kafka.assignment())
+
+
+def raw_consume(bootstrap: str, topic: str, count: int, batch: int) -> tuple[float, float, int]:
     consumer = KafkaConsumer(**consumer_config(bootstrap, f"bench-raw-{uuid.uuid4().hex[:8]}", max_poll_records=batch))
     consumer.subscribe([topic])
+    _join(consumer)
     seen = 0
-    started = 0.0
+    clock = _Stopwatch()
     try:
         while seen < count:
+            clock.poll(bool(consumer.assignment()))
             records = consumer.poll(timeout_ms=200, max_records=batch)
             got = sum(len(messages) for messages in records.values())
-            if got and not started:
-                started = time.perf_counter()
+            clock.delivered(got)
             seen += got
-        return time.perf_counter() - started
+        return clock.stop(count)
     finally:
         consumer.close(autocommit=False)
 
 
-def billing_consume(
-    engine: object, bootstrap: str, topic: str, count: int, batch: int
-) -> tuple[float, BillingConsumer]:
-    settings = BillingSettings(consumer_group=f"bench-billing-{uuid.uuid4().hex[:8]}", batch_max_records=batch)
-    consumer = BillingConsumer(
-        engine,  # type: ignore[arg-type]
+class _TimedConsumer(BillingConsumer):
+    """The billing consumer with the baseline's clock."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.stopwatch = _Stopwatch()  # (``clock`` is the consumer's own)
+
+    def poll_batch(self) -> Batch:
+        self.stopwatch.poll(bool(self.assigned))
+        batch = super().poll_batch()
+        self.stopwatch.delivered(batch.size)
+        return batch
+
+
+def _feed_listener(items: list[dict[str, object]]) -> None:
+    """Stands in for the live feed that ``charging serve`` attaches: the consumer builds its items."""
+
+
+def _consumer(engine: Engine, bootstrap: str, topic: str, group: str, batch: int, name: str) -> _TimedConsumer:
+    return _TimedConsumer(
+        engine,
         bootstrap=bootstrap,
         topic=topic,
         dead_letter_topic=f"{topic}.dead",
-        settings=settings,
-        name="bench",
+        settings=BillingSettings(consumer_group=group, batch_max_records=batch),
+        name=name,
+        on_stored=_feed_listener,
     )
+
+
+def billing_consume(engine: Engine, bootstrap: str, topic: str, count: int, batch: int) -> tuple[float, float, int]:
+    """One billing consumer in this process, until the last offset commit."""
+    consumer = _consumer(engine, bootstrap, topic, f"bench-billing-{uuid.uuid4().hex[:8]}", batch, "bench")
     consumer.open()
-    started = 0.0
+    _join(consumer._consumer)  # the KafkaConsumer itself
     try:
+        # The rounds of BillingConsumer.run: poll and parse a batch while the previous one is stored.
         while consumer.totals.stored + consumer.totals.duplicates < count:
-            batch_records = consumer.poll_batch()
-            if not batch_records.size:
-                continue
-            if not started:
-                started = time.perf_counter()
-            if consumer.store(batch_records) is not None:
-                consumer.commit(batch_records)
-        return time.perf_counter() - started, consumer
+            consumer.run_once()
+        consumer.flush()  # the last batch's offsets
+        return consumer.stopwatch.stop(count)
     finally:
         consumer.close()
 
 
-def prepare_database(url: str) -> object:
+def _billing_process(
+    url: str,
+    schema: str | None,
+    bootstrap: str,
+    topic: str,
+    group: str,
+    count: int,
+    batch: int,
+    stored: Any,
+    owned: Any,
+    index: int,
+    go: Any,
+    out: Any,
+) -> None:
+    """One of ``--consumers`` processes: joins the group, holds back until every process has its share of
+    the partitions (so that no rebalance falls into the measurement), then consumes until the group has
+    stored ``count`` CDRs in all."""
+    engine = make_engine(url, schema=schema)
+    consumer = _consumer(engine, bootstrap, topic, group, batch, f"bench-{os.getpid()}")
+    consumer.open()
+    kafka = consumer._consumer  # the KafkaConsumer itself: only the benchmark holds a group back like this
+    try:
+        while not go.is_set():
+            kafka.poll(timeout_ms=100)  # joins and follows rebalances; what it brings is read again later
+            assigned = kafka.assignment()
+            if assigned:
+                kafka.pause(*assigned)
+            owned[index] = sum(1 << tp.partition for tp in assigned)
+        kafka.seek_to_beginning(*kafka.assignment())
+        kafka.resume(*kafka.assignment())
+        while stored.value < count:
+            outcome = consumer.run_once()  # returns once the batch it settled has its offsets committed
+            if outcome is not None and outcome.stored:
+                with stored.get_lock():
+                    stored.value += outcome.stored
+        consumer.flush()
+        clock = consumer.stopwatch
+        out.put((clock.started, time.monotonic(), time.process_time() - clock.cpu_started, clock.early))
+    finally:
+        consumer.close()
+        engine.dispose()
+
+
+def billing_consume_processes(
+    url: str, schema: str | None, bootstrap: str, topic: str, count: int, batch: int, processes: int
+) -> tuple[float, float, int]:
+    """``processes`` billing consumers in one group: seconds from the first poll of any of them (once all
+    have joined) to the last offset commit, the CPU seconds they spent meanwhile, records measured."""
+    context = multiprocessing.get_context("spawn")
+    stored = context.Value("q", 0)
+    owned = context.Array("q", processes)  # per process: a bit per partition it has
+    go = context.Event()
+    out = context.Queue()
+    group = f"bench-billing-{uuid.uuid4().hex[:8]}"
+    workers = [
+        context.Process(
+            target=_billing_process,
+            args=(url, schema, bootstrap, topic, group, count, batch, stored, owned, index, go, out),
+        )
+        for index in range(processes)
+    ]
+    for worker in workers:
+        worker.start()
+    settled_since = None
+    while not go.is_set():  # every process owns partitions, none twice, all of them: for a second
+        _check(workers)
+        shares = [int(owned[index]) for index in range(processes)]
+        union = 0
+        for share in shares:
+            union |= share
+        split = all(shares) and union == (1 << PARTITIONS) - 1 and sum(map(int.bit_count, shares)) == PARTITIONS
+        settled_since = (settled_since or time.monotonic()) if split else None
+        if settled_since is not None and time.monotonic() - settled_since > 1.0:
+            go.set()
+        time.sleep(0.1)
+    results: list[tuple[float, float, float, int]] = []
+    while len(results) < len(workers):
+        try:
+            results.append(out.get(timeout=1))
+        except queue.Empty:
+            _check(workers)
+    for worker in workers:
+        worker.join(timeout=60)
+    started = min(first for first, _, _, _ in results if first)
+    seconds = max(end for _, end, _, _ in results) - started
+    return seconds, sum(cpu for _, _, cpu, _ in results), count - sum(early for *_, early in results)
+
+
+def _check(workers: list[Any]) -> None:
+    failed = [worker.exitcode for worker in workers if worker.exitcode]
+    if failed:
+        raise RuntimeError(f"billing consumer processes failed (exit codes {failed})")
+
+
+def prepare_database(url: str) -> Engine:
     schema = None
     if url.startswith("postgresql"):
         schema = f"bench_{uuid.uuid4().hex[:8]}"
@@ -200,45 +364,68 @@ def prepare_database(url: str) -> object:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--count", type=int, default=20_000, help="CDRs in the topic")
-    parser.add_argument("--batch", type=int, default=500, help="records per poll, for both consumers")
+    parser.add_argument("--batch", type=int, default=2000, help="records per poll, for both consumers")
     parser.add_argument("--database", help="SQLAlchemy URL (default: a fresh SQLite file)")
     parser.add_argument("--bootstrap", help="an existing broker (default: the embedded tansu)")
+    parser.add_argument(
+        "--consumers", type=int, default=1, help="billing consumer processes in the group (default: 1, in this one)"
+    )
     args = parser.parse_args(argv)
+    if not 1 <= args.consumers <= PARTITIONS:
+        parser.error(f"--consumers: 1 to {PARTITIONS} (the topic's partitions)")
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-billing-"))
     url = args.database or f"sqlite:///{workdir / 'billing.db'}"
     broker = None if args.bootstrap else EmbeddedBroker().start()
     bootstrap = args.bootstrap or broker.bootstrap  # type: ignore[union-attr]
+    cores = os.cpu_count() or 1
     try:
         topic = f"bench-cdrs-{uuid.uuid4().hex[:8]}"
-        create_topic(bootstrap, topic, 4)
-        cdrs = make_cdrs(args.count)
-        produce_seconds = fill_topic(bootstrap, topic, cdrs)
+        create_topic(bootstrap, topic, PARTITIONS)
+        # Made while produced and not kept: N pydantic models alive in this process would make every
+        # full garbage collection of the consumers measured here (billing's above all) walk them.
+        produce_seconds = fill_topic(bootstrap, topic, iter_cdrs(args.count))
         engine = prepare_database(url)
+        schema = getattr(engine, "schema_for_cleanup", None)
         print(
-            f"python {platform.python_version()}, {platform.machine()}, database {url.split(':')[0]}, "
+            f"python {platform.python_version()}, {platform.machine()}, {cores} cores, database {url.split(':')[0]}, "
             f"{args.count} CDRs in 4 partitions (produced in {produce_seconds:.1f} s), batches of {args.batch}"
         )
 
-        raw_seconds = raw_consume(bootstrap, topic, args.count, args.batch)
-        raw_rate = args.count / raw_seconds
-        print(f"baseline: plain kafka-python consumer    {raw_rate:10.0f} records/s  ({raw_seconds:.2f} s)")
+        raw_seconds, raw_cpu, raw_measured = raw_consume(bootstrap, topic, args.count, args.batch)
+        raw_rate = raw_measured / raw_seconds
+        raw_cpu_us = raw_cpu / raw_measured * 1e6
+        print(
+            f"baseline: plain kafka-python consumer    {raw_rate:10.0f} records/s  ({raw_seconds:.2f} s,"
+            f" {raw_cpu_us:.1f} us CPU per record)"
+        )
 
-        billing_seconds, consumer = billing_consume(engine, bootstrap, topic, args.count, args.batch)
-        billing_rate = args.count / billing_seconds
-        print(f"billing:  stored, rated, committed       {billing_rate:10.0f} CDRs/s     ({billing_seconds:.2f} s)")
+        if args.consumers == 1:
+            billing_seconds, billing_cpu, measured = billing_consume(engine, bootstrap, topic, args.count, args.batch)
+            who = "1 consumer"
+        else:
+            billing_seconds, billing_cpu, measured = billing_consume_processes(
+                url, schema, bootstrap, topic, args.count, args.batch, args.consumers
+            )
+            who = f"{args.consumers} consumer processes on {cores} cores, against 1 baseline consumer"
+        billing_rate = measured / billing_seconds
+        billing_cpu_us = billing_cpu / measured * 1e6
+        print(
+            f"billing:  stored, rated, committed       {billing_rate:10.0f} CDRs/s     ({billing_seconds:.2f} s,"
+            f" {billing_cpu_us:.1f} us CPU per CDR; {who})"
+        )
 
-        with engine.connect() as conn:  # type: ignore[attr-defined]
-            stored = conn.execute(select(func.count()).select_from(models.cdrs)).scalar_one()
+        cdrs = models.cdrs
+        with engine.connect() as conn:
+            stored = conn.execute(select(func.count()).select_from(cdrs)).scalar_one()
+            unassigned = conn.execute(select(func.count()).where(cdrs.c.account_id.is_(None))).scalar_one()
             charged = conn.execute(select(func.count()).select_from(models.charges)).scalar_one()
-        totals = consumer.totals
         ratio = billing_rate / raw_rate
-        print(f"stored {stored} CDRs ({totals.unassigned} unassigned), {charged} charges; ratio {ratio:.2f}")
+        print(f"stored {stored} CDRs ({unassigned} unassigned), {charged} charges; ratio {ratio:.2f}")
         if stored != args.count:
             print(f"error: {stored} CDRs stored, expected {args.count}", file=sys.stderr)
             return 1
-        schema = getattr(engine, "schema_for_cleanup", None)
-        engine.dispose()  # type: ignore[attr-defined]
+        engine.dispose()
         if schema:
             with make_engine(url).begin() as conn:
                 conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
@@ -247,7 +434,11 @@ def main(argv: list[str] | None = None) -> int:
                 {
                     "cdr_per_s": round(billing_rate),
                     "raw_consume_per_s": round(raw_rate),
-                    "ratio": round(billing_rate / raw_rate, 3),
+                    "ratio": round(ratio, 3),
+                    "billing_consumers": args.consumers,
+                    "cores": cores,
+                    "raw_cpu_us_per_record": round(raw_cpu_us, 1),
+                    "billing_cpu_us_per_cdr": round(billing_cpu_us, 1),
                 }
             )
         )

@@ -241,27 +241,29 @@ class PlanVersion:
 @dataclass(slots=True)
 class PlanBook:
     """Tariff versions by plan, read once per transaction; parsed plans are kept across transactions
-    because a stored version never changes (its id names its content)."""
+    because a stored version never changes (its id names its content), so only the versions' keys are
+    read again, and a document only the first time its version is seen."""
 
     _parsed: dict[int, TariffPlan] = field(default_factory=dict)
 
     def load(self, conn: Connection, plan_names: set[str]) -> PlanIndex:
         if not plan_names:
             return PlanIndex({})
+        table = models.tariff_versions
         rows = conn.execute(
-            select(models.tariff_versions)
-            .where(models.tariff_versions.c.plan.in_(sorted(plan_names)))
-            .order_by(
-                models.tariff_versions.c.plan, models.tariff_versions.c.effective_from, models.tariff_versions.c.version
-            )
-        )
+            select(table.c.id, table.c.plan, table.c.version, table.c.effective_from)
+            .where(table.c.plan.in_(sorted(plan_names)))
+            .order_by(table.c.plan, table.c.effective_from, table.c.version)
+        ).all()
+        unseen = [row.id for row in rows if row.id not in self._parsed]
+        if unseen:
+            documents = conn.execute(select(table.c.id, table.c.document).where(table.c.id.in_(unseen)))
+            for version_id, document in documents:
+                self._parsed[version_id] = TariffPlan.model_validate(document)
         by_plan: dict[str, list[PlanVersion]] = {}
         for row in rows:
-            plan = self._parsed.get(row.id)
-            if plan is None:
-                plan = self._parsed[row.id] = TariffPlan.model_validate(row.document)
             by_plan.setdefault(row.plan, []).append(
-                PlanVersion(row.id, row.plan, row.version, row.effective_from, plan)
+                PlanVersion(row.id, row.plan, row.version, row.effective_from, self._parsed[row.id])
             )
         return PlanIndex(by_plan)
 
@@ -269,6 +271,11 @@ class PlanBook:
 @dataclass(frozen=True, slots=True)
 class PlanIndex:
     by_plan: dict[str, list[PlanVersion]]  # each list sorted by effective_from, then version
+    _starts: dict[str, list[datetime]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        starts = {name: [v.effective_from for v in versions] for name, versions in self.by_plan.items()}
+        object.__setattr__(self, "_starts", starts)
 
     def effective(self, plan_name: str | None, instant: datetime) -> PlanVersion | None:
         """The version in force at ``instant``: the latest effective_from at or before it (the higher
@@ -278,7 +285,7 @@ class PlanIndex:
         versions = self.by_plan.get(plan_name)
         if not versions:
             return None
-        index = bisect.bisect_right([v.effective_from for v in versions], instant)
+        index = bisect.bisect_right(self._starts[plan_name], instant)
         return versions[index - 1] if index else None
 
 

@@ -1,20 +1,27 @@
 """The billing consumer: CDRs from Kafka into the books, exactly once in effect.
 
-One kafka-python consumer in a consumer group, in a thread of its own.  Each round:
+One kafka-python consumer in a consumer group, in a thread of its own, and a store thread beside it.
+Each batch goes through:
 
-1. poll a batch (at most ``batch_max_records``);
-2. parse it: CDRs on one side, poison messages (not UTF-8/JSON, unknown schema version,
+1. poll (at most ``batch_max_records``);
+2. parse: CDRs on one side, poison messages (not UTF-8/JSON, unknown schema version,
    invalid or impossible values) with their reason on the other;
-3. one database transaction: dead letters, CDRs (ON CONFLICT (cdr_id) DO NOTHING), the
-   charges, usage and invoice lines of the CDRs that transaction inserted;
+3. one database transaction, in the store thread: dead letters, CDRs (ON CONFLICT (cdr_id)
+   DO NOTHING), the charges, usage and invoice lines of the CDRs that transaction inserted;
 4. copy new dead letters to the dead-letter topic (the table is their outbox);
 5. commit the batch's offsets to Kafka, after the database commit.
 
+While the store thread runs step 3 for one batch, the consumer thread polls and parses the next
+(steps 1-2); it commits the first batch's offsets (5) only once its transaction has committed, and
+hands the next batch over only then, so at most one batch is in the store thread at any time.
+
 A crash between 3 and 5 redelivers the batch, and step 3 then inserts nothing, so nothing
-is charged twice.  A rebalance cannot lose or duplicate work either: the consumer only ever
-holds work between 1 and 5 inside one round, rebalances happen inside ``poll``, and a
-failed offset commit just means the next owner gets the batch again.  A database that
-refuses a batch leaves it uncommitted: the consumer seeks back and tries again later.
+is charged twice.  A rebalance cannot lose or duplicate work either: rebalances happen inside
+``poll``, and the rebalance listener first waits for the batch in the store thread.  Its offsets
+are then committed only for the partitions this consumer kept; partitions that moved go to their
+next owner from the last committed offset, who gets those CDRs again and skips them.  A database
+that refuses a batch leaves it uncommitted: the consumer seeks back (the batch it polled
+meanwhile too) and tries again later.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,10 +42,11 @@ from billing import models
 from billing.catalog import PlanBook
 from billing.ingest import (
     BatchOutcome,
+    Incoming,
     PoisonMessage,
     Received,
     Rejected,
-    parse_cdr,
+    parse,
     store_batch,
     unpublished_dead_letters,
 )
@@ -51,6 +60,8 @@ log = logging.getLogger("charging.billing")
 
 FeedListener = Callable[[list[dict[str, Any]]], None]
 _RATE_WINDOW_SECONDS = 10.0
+_DEAD_LETTER_CHUNK = 500  # dead letters copied to their topic per attempt
+_DEAD_LETTER_LOOK_SECONDS = 5.0  # between looks for dead letters left unpublished, when nothing new came
 
 
 def _transient(error: BaseException) -> bool:
@@ -65,7 +76,7 @@ def _transient(error: BaseException) -> bool:
 
 @dataclass(slots=True)
 class Batch:
-    received: list[Received] = field(default_factory=list)
+    received: list[Received | Incoming] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
     first_offsets: dict[Any, int] = field(default_factory=dict)  # TopicPartition -> first offset polled
     next_offsets: dict[Any, int] = field(default_factory=dict)  # TopicPartition -> offset to commit
@@ -75,23 +86,53 @@ class Batch:
         return len(self.received) + len(self.rejected)
 
 
+@dataclass(slots=True)
+class _Flight:
+    """A batch whose transaction runs in the store thread while the consumer thread polls the next."""
+
+    batch: Batch
+    result: Future[BatchOutcome | None]
+    kept: set[Any] | None = None  # after a rebalance: its partitions this consumer owned throughout
+
+
+def _outcome(flight: _Flight) -> BatchOutcome | None:
+    """The flight's outcome once its transaction is over; None when refused (or the thread failed)."""
+    try:
+        return flight.result.result()
+    except Exception:  # _store_or_refuse catches what it can: anything else counts as refused
+        log.exception("billing store thread failed")
+        return None
+
+
 class _Rebalances(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Logs assignment changes; nothing to flush, since no work outlives a round (see module doc)."""
+    """Logs assignment changes, and lets no batch in the store thread outlive the assignment it was
+    polled under unnoticed (see the module doc).  Runs on kafka-python's IO thread: it may wait for
+    the store thread, never commit (that would wait for the IO thread itself)."""
 
     def __init__(self, owner: BillingConsumer) -> None:
         self.owner = owner
+        self.revoked: set[Any] = set()
 
     def on_partitions_revoked(self, revoked: Any) -> None:
         log.info("billing consumer %s: partitions revoked: %s", self.owner.name, sorted(p.partition for p in revoked))
         self.owner.assigned = set()
+        self.revoked = set(revoked)
+        self.owner._wait_for_flight()
 
     def on_partitions_assigned(self, assigned: Any) -> None:
         log.info("billing consumer %s: partitions assigned: %s", self.owner.name, sorted(p.partition for p in assigned))
         self.owner.assigned = {p.partition for p in assigned}
+        # kafka-python keeps the position of a partition revoked and assigned again in one (eager) rebalance.
+        self.owner._flight_kept(self.revoked & set(assigned))
+        self.revoked = set()
         self.owner.joined.set()
 
     def on_partitions_lost(self, lost: Any) -> None:
-        self.on_partitions_revoked(lost)
+        log.info("billing consumer %s: partitions lost: %s", self.owner.name, sorted(p.partition for p in lost))
+        self.owner.assigned = set()
+        self.revoked = set()
+        self.owner._wait_for_flight()
+        self.owner._flight_kept(set())
 
 
 class BillingConsumer:
@@ -124,6 +165,9 @@ class BillingConsumer:
         self._consumer: Any = None
         self._producer: Any = None
         self._recent: deque[tuple[float, int]] = deque()
+        self._flight: _Flight | None = None  # the batch in the store thread
+        self._store_thread: ThreadPoolExecutor | None = None
+        self._dead_letters_due = 0.0  # monotonic time of the next look for unpublished dead letters
         registry = metrics or Registry()
         self._consumed = registry.counter(
             "billing_cdrs_consumed_total", "CDR messages consumed, by outcome", ["outcome"]
@@ -153,8 +197,13 @@ class BillingConsumer:
     def close(self, commit: bool = True) -> None:
         """Leave the group.  ``commit=False`` leaves without committing anything more (a crash, for tests)."""
         if self._consumer is not None:
+            if commit:
+                self.flush()
             self._consumer.close(autocommit=commit)
             self._consumer = None
+        if self._store_thread is not None:
+            self._store_thread.shutdown(wait=True)
+            self._store_thread = None
         if self._producer is not None:
             self._producer.close(timeout=5)
             self._producer = None
@@ -170,56 +219,123 @@ class BillingConsumer:
                 self.last_error = str(error)
                 log.exception("billing consumer %s: round failed; retrying", self.name)
                 stop.wait(self.settings.retry_seconds)
+        try:
+            self.flush()  # the last batch's offsets
+        except Exception:
+            log.exception("billing consumer %s: the last batch was not settled; it will be redelivered", self.name)
 
     # -- one round ------------------------------------------------------------------------------------
 
     def run_once(self) -> BatchOutcome | None:
+        """Poll and parse a batch while the previous one is stored; settle that one (its offsets, dead
+        letters, feed), then hand the new one to the store thread.  Returns the settled batch's outcome."""
         batch = self.poll_batch()
-        if batch.size == 0:
+        outcome = self._settle(batch)
+        if batch.size:
+            if self._store_thread is None:
+                self._store_thread = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-store")
+            self._flight = _Flight(batch, self._store_thread.submit(self._store_or_refuse, batch))
+        elif time.monotonic() >= self._dead_letters_due:
             self.publish_dead_letters()
+        return outcome
+
+    def flush(self) -> BatchOutcome | None:
+        """Settle the batch in the store thread, if any: wait for its transaction, commit its offsets."""
+        return self._settle(None)
+
+    def _settle(self, polled: Batch | None) -> BatchOutcome | None:
+        """Finish the batch in the store thread: commit its offsets after its transaction did, or, if the
+        database refused it, seek back to it (and to ``polled``, which is then dropped) and wait."""
+        flight = self._flight
+        if flight is None:
             return None
-        outcome = self.store(batch)
+        self._flight = None
+        outcome = _outcome(flight)
         if outcome is None:
+            if polled is not None and polled.size:
+                self._rewind(polled.first_offsets)
+                polled.received.clear()
+                polled.rejected.clear()
+            # After a rebalance only the partitions kept throughout still stand where this batch left
+            # them; the others start again from their committed offsets.
+            kept = flight.kept
+            first = flight.batch.first_offsets
+            self._rewind({tp: offset for tp, offset in first.items() if kept is None or tp in kept})
+            time.sleep(self.settings.retry_seconds)
             return None
-        self.publish_dead_letters()
-        self.commit(batch)
+        if outcome.dead_letters or time.monotonic() >= self._dead_letters_due:
+            self.publish_dead_letters()
+        self.commit(flight.batch, only=flight.kept)
         self._notify(outcome)
         return outcome
+
+    def _wait_for_flight(self) -> None:
+        """For the rebalance listener: the batch in the store thread is done when this returns."""
+        if self._flight is not None:
+            _outcome(self._flight)
+
+    def _flight_kept(self, kept: set[Any]) -> None:
+        """For the rebalance listener: after a rebalance, the batch in the store thread is settled only
+        on the partitions this consumer kept throughout (its offsets, or seeking back to it)."""
+        flight = self._flight
+        if flight is not None:
+            flight.kept = kept if flight.kept is None else flight.kept & kept
+
+    def _rewind(self, offsets: dict[Any, int]) -> None:
+        assigned = self._consumer.assignment()
+        for partition, offset in offsets.items():
+            if partition in assigned:
+                self._consumer.seek(partition, offset)
 
     def poll_batch(self) -> Batch:
         records = self._consumer.poll(
             timeout_ms=self.settings.poll_timeout_ms, max_records=self.settings.batch_max_records
         )
         batch = Batch()
+        # Only offsets, keys and values are kept: kafka-python's record objects (and their header lists)
+        # go before parsing, rather than outliving a batch's worth of garbage collections.
+        polled = []
         for partition, messages in records.items():
-            if not messages:
-                continue
-            batch.first_offsets[partition] = messages[0].offset
-            batch.next_offsets[partition] = messages[-1].offset + 1
-            for message in messages:
-                value = message.value if message.value is not None else b""
+            if messages:
+                batch.first_offsets[partition] = messages[0].offset
+                batch.next_offsets[partition] = messages[-1].offset + 1
+                polled.append((partition, [(m.offset, m.key, m.value) for m in messages]))
+        del records
+        for partition, messages in polled:
+            for offset, key, value in messages:
+                if value is None:
+                    value = b""
                 try:
-                    cdr = parse_cdr(value)
+                    cdr, usage = parse(value)
                 except PoisonMessage as poison:
                     log.warning(
                         "dead letter at %s/%d@%d: %s",
-                        message.topic,
-                        message.partition,
-                        message.offset,
+                        partition.topic,
+                        partition.partition,
+                        offset,
                         poison,
-                        extra={"cdr_id": None, "icid": message.key.decode("utf-8", "replace") if message.key else None},
+                        extra={"cdr_id": None, "icid": key.decode("utf-8", "replace") if key else None},
                     )
                     batch.rejected.append(
-                        Rejected(message.topic, message.partition, message.offset, message.key, value, str(poison))
+                        Rejected(partition.topic, partition.partition, offset, key, value, str(poison))
                     )
                     continue
-                batch.received.append(Received(cdr, value.decode("utf-8"), message.partition, message.offset))
+                batch.received.append(Incoming.of(cdr, usage, value.decode("utf-8"), partition.partition, offset))
         self._update_lag()
         return batch
 
     def store(self, batch: Batch) -> BatchOutcome | None:
-        """One transaction for the batch.  When the database refuses it (outage, deadlock), the consumer
-        seeks back to the batch's first offsets, so the next poll delivers it again, and returns None."""
+        """One transaction for the batch, in the calling thread.  When the database refuses it (outage,
+        deadlock), the consumer seeks back to the batch's first offsets, so the next poll delivers it
+        again, and returns None."""
+        outcome = self._store_or_refuse(batch)
+        if outcome is None:
+            self._rewind(batch.first_offsets)
+            time.sleep(self.settings.retry_seconds)
+        return outcome
+
+    def _store_or_refuse(self, batch: Batch) -> BatchOutcome | None:
+        """The batch's transaction; None when the database refused it (nothing of it is stored then)."""
         started = time.monotonic()
         try:
             try:
@@ -231,18 +347,22 @@ class BillingConsumer:
         except Exception as error:
             self.last_error = str(error)
             log.warning("billing consumer %s: database refused a batch (%s); will retry", self.name, error)
-            for partition, offset in batch.first_offsets.items():
-                self._consumer.seek(partition, offset)
-            time.sleep(self.settings.retry_seconds)
             return None
         self._batch_seconds.observe(time.monotonic() - started)
         self._count(outcome, batch.size)
         self.last_error = None
         return outcome
 
-    def _store(self, received: list[Received], rejected: list[Rejected]) -> BatchOutcome:
+    def _store(self, received: list[Received | Incoming], rejected: list[Rejected]) -> BatchOutcome:
         with self.engine.begin() as conn:
-            return store_batch(conn, received, rejected, now=utc(self.clock.now()), plan_book=self.plan_book)
+            return store_batch(
+                conn,
+                received,
+                rejected,
+                now=utc(self.clock.now()),
+                plan_book=self.plan_book,
+                feed=self.on_stored is not None,
+            )
 
     def _store_one_by_one(self, batch: Batch) -> BatchOutcome:
         """A batch failed for a reason other than an outage: find the CDRs that cannot be stored and
@@ -270,12 +390,19 @@ class BillingConsumer:
             _add(total, self._store([], batch.rejected))
         return total
 
-    def commit(self, batch: Batch) -> bool:
-        """Commit the batch's offsets; False when a rebalance took the partitions meanwhile."""
+    def commit(self, batch: Batch, only: set[Any] | None = None) -> bool:
+        """Commit the batch's offsets (``only`` on those partitions); False when a rebalance took the
+        partitions meanwhile."""
         from kafka.errors import CommitFailedError, KafkaError
         from kafka.structs import OffsetAndMetadata
 
-        offsets = {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in batch.next_offsets.items()}
+        offsets = {
+            tp: OffsetAndMetadata(offset, "", -1)
+            for tp, offset in batch.next_offsets.items()
+            if only is None or tp in only
+        }
+        if not offsets:
+            return True
         try:
             self._consumer.commit(offsets)
         except (CommitFailedError, KafkaError) as error:
@@ -287,14 +414,21 @@ class BillingConsumer:
         return True
 
     def publish_dead_letters(self) -> int:
-        """Copy dead letters not yet on the dead-letter topic there; those that fail stay for next time."""
+        """Copy dead letters not yet on the dead-letter topic there; those that fail stay for next time.
+
+        The consumer calls this after each batch that added dead letters, and otherwise every
+        ``_DEAD_LETTER_LOOK_SECONDS`` (for those an earlier attempt or another instance left), or after
+        ``retry_seconds`` when an attempt failed.
+        """
+        self._dead_letters_due = time.monotonic() + self.settings.retry_seconds
         try:
             with self.engine.connect() as conn:
-                pending = unpublished_dead_letters(conn)
+                pending = unpublished_dead_letters(conn, _DEAD_LETTER_CHUNK)
         except exc.SQLAlchemyError as error:
             log.warning("dead letters not readable now (%s); they are published later", error)
             return 0
         if not pending:
+            self._dead_letters_due = time.monotonic() + _DEAD_LETTER_LOOK_SECONDS
             return 0
         try:
             if self._producer is None:
@@ -326,6 +460,8 @@ class BillingConsumer:
         except exc.SQLAlchemyError as error:  # they are on the topic; at worst they go there once more
             log.warning("dead letters published but not marked (%s)", error)
             return 0
+        if len(pending) < _DEAD_LETTER_CHUNK:
+            self._dead_letters_due = time.monotonic() + _DEAD_LETTER_LOOK_SECONDS
         return len(pending)
 
     # -- figures --------------------------------------------------------------------------------------

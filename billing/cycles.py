@@ -95,6 +95,10 @@ class BillCycle:
             raise ValueError("instant must carry a time zone")
         return _period_of_day(self, instant.astimezone(self.zone).date())
 
+    def period_of_local_day(self, local_day: date) -> Period:
+        """The period holding the calendar day ``local_day`` of the cycle's time zone."""
+        return _period_of_day(self, local_day)
+
     def _period_of_day(self, local_day: date) -> Period:
         first = self._first_day_on_or_before(local_day)
         return Period(self._midnight(first), self._midnight(self._first_day_after(first)))

@@ -14,19 +14,32 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, NamedTuple, overload
 
 from pydantic import ValidationError
 from sqlalchemy import Connection, select
 
 from billing import models
 from billing.catalog import Account, PlanBook, PlanIndex, PlanVersion, accounts_by_id, normalize_identity, owners_of
+from billing.cycles import Period
 from billing.invoicing import OpenInvoices
-from billing.rating import SUBSCRIBER_COMPONENTS, ImpossibleCdr, Rating, Usage, measure, rate, rated_at
-from billing.sql import add_to_counters, bulk_insert, insert_ignoring_duplicates
-from charging.cdr import SUPPORTED_VERSIONS, Cdr, schema_version_of
+from billing.rating import (
+    SUBSCRIBER_COMPONENTS,
+    ImpossibleCdr,
+    Measured,
+    Priced,
+    Rating,
+    Usage,
+    measure,
+    price,
+    rate,
+    rated_at,
+)
+from billing.sql import add_to_counters, binder, existing, insert_ignoring_duplicates, insert_rows
+from charging.cdr import SUPPORTED_VERSIONS, Cdr, RecordType, schema_version_of
 
 log = logging.getLogger("charging.billing")
 
@@ -37,6 +50,11 @@ class PoisonMessage(ValueError):
 
 def parse_cdr(payload: bytes) -> Cdr:
     """The CDR in a Kafka message value, or PoisonMessage saying why it is none."""
+    return parse(payload)[0]
+
+
+def parse(payload: bytes) -> tuple[Cdr, Usage]:
+    """``parse_cdr`` with the usage the CDR measures (checked on the way, so it is measured once)."""
     try:
         cdr = Cdr.model_validate_json(payload)
     except ValidationError:
@@ -44,14 +62,14 @@ def parse_cdr(payload: bytes) -> Cdr:
     except Exception as exc:  # a validator tripping over values no schema anticipated
         raise PoisonMessage(f"invalid CDR: {exc}") from None
     try:
-        measure(cdr)
+        usage = measure(cdr)
     except ImpossibleCdr as exc:
         raise PoisonMessage(f"impossible values: {exc}") from None
     for name, limit in _TEXT_LIMITS:
         value = getattr(cdr, name)
         if value is not None and len(value) > limit:
             raise PoisonMessage(f"impossible values: {name} is longer than {limit} characters")
-    return cdr
+    return cdr, usage
 
 
 # The stored columns' sizes (billing/models.py): longer values are no real identifiers.
@@ -89,14 +107,107 @@ def _why_not_a_cdr(payload: bytes) -> str:
     return "invalid CDR"
 
 
-@dataclass(frozen=True, slots=True)
-class Received:
-    """A CDR as it came off the topic."""
+class Operators(NamedTuple):
+    originating_ioi: str | None
+    terminating_ioi: str | None
+
+
+class Incoming(NamedTuple):
+    """A CDR as the consumer keeps it from its poll to its transaction: what storing and rating read of
+    it, with its message, in one flat tuple of plain values.  It serves as its own ``Received``
+    (``.cdr`` is itself, ``.usage`` is made on demand).
+
+    Thousands of parsed ``Cdr`` models (lists, sets, time zones: 18 objects the garbage collector
+    tracks per CDR) held across a batch made collections cost as much as the parsing itself; this is
+    one such object per CDR, and its time stamps are on ``datetime.UTC`` when they are UTC.
+    """
+
+    cdr_id: str
+    record_type: str
+    node_address: str
+    session_id: str
+    ims_charging_identifier: str | None
+    served_party: str | None
+    called_party_address: str | None
+    sip_method: str | None
+    ims_communication_service_identifier: str | None
+    record_sequence_number: int | None
+    operators: tuple[tuple[str | None, str | None], ...]  # (originating IOI, terminating IOI) pairs
+    service_delivery_start_time_stamp: datetime | None
+    record_opening_time: datetime
+    payload: str
+    partition: int | None
+    offset: int | None
+    duration_seconds: float
+    octets: int
+
+    @classmethod
+    def of(cls, cdr: Cdr, usage: Usage, payload: str, partition: int | None, offset: int | None) -> Incoming:
+        return cls(
+            cdr.cdr_id,
+            _RECORD_TYPES[cdr.record_type],
+            cdr.node_address,
+            cdr.session_id,
+            cdr.ims_charging_identifier,
+            cdr.served_party,
+            cdr.called_party_address,
+            cdr.sip_method,
+            cdr.ims_communication_service_identifier,
+            cdr.record_sequence_number,
+            tuple((i.originating_ioi, i.terminating_ioi) for i in cdr.inter_operator_identifiers),
+            _on_utc(cdr.service_delivery_start_time_stamp),
+            _on_utc(cdr.record_opening_time),
+            payload,
+            partition,
+            offset,
+            usage.duration_seconds,
+            usage.octets,
+        )
+
+    @property
+    def cdr(self) -> Incoming:
+        return self
+
+    @property
+    def usage(self) -> Usage:
+        return Usage(self.duration_seconds, self.octets)
+
+    @property
+    def inter_operator_identifiers(self) -> tuple[Operators, ...]:
+        return tuple(Operators(*pair) for pair in self.operators)
+
+    @property
+    def partition_key(self) -> str:
+        return self.ims_charging_identifier or self.session_id
+
+
+_ZERO = timedelta(0)
+
+
+@overload
+def _on_utc(value: datetime) -> datetime: ...
+@overload
+def _on_utc(value: None) -> None: ...
+@overload
+def _on_utc(value: datetime | None) -> datetime | None: ...
+
+
+def _on_utc(value: datetime | None) -> datetime | None:
+    """The same instant, on ``datetime.UTC`` when it is UTC (pydantic's own time zone objects are ones the
+    garbage collector tracks, three per CDR)."""
+    if value is None or value.tzinfo is UTC or value.utcoffset() != _ZERO:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+class Received(NamedTuple):
+    """A CDR as it came off the topic (the consumer's own form of it is ``Incoming``)."""
 
     cdr: Cdr
     payload: str
     partition: int | None = None
     offset: int | None = None
+    usage: Usage | None = None  # measured when parsed; measured again when not given (a Cdr only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,11 +261,39 @@ class Ledger:
         account = booking.account
         if invoice_id is None:
             invoice_id = self.invoices.invoice_for(conn, account, booking.started_at)
-        delta = [sign, sign * booking.duration_seconds, sign * booking.octets, sign * booking.amount_minor]
         day = account.cycle.local_day(booking.started_at)
-        _accumulate(self.usage.setdefault((account.id, day, booking.service), [0, 0.0, 0, 0]), delta)
-        _accumulate(self.lines.setdefault((invoice_id, booking.service), [0, 0.0, 0, 0]), delta)
+        self.add(
+            account.id,
+            day,
+            invoice_id,
+            booking.service,
+            sign * booking.duration_seconds,
+            sign * booking.octets,
+            sign * booking.amount_minor,
+            sign,
+        )
         return invoice_id
+
+    def add(
+        self,
+        account_id: int,
+        day: date,
+        invoice_id: int,
+        service: str,
+        duration_seconds: float,
+        octets: int,
+        amount_minor: int,
+        count: int = 1,
+    ) -> None:
+        """Add one CDR's figures (negative to take them back) to its usage day and its invoice line."""
+        for counters in (
+            self.usage.setdefault((account_id, day, service), [0, 0.0, 0, 0]),
+            self.lines.setdefault((invoice_id, service), [0, 0.0, 0, 0]),
+        ):
+            counters[0] += count
+            counters[1] += duration_seconds
+            counters[2] += octets
+            counters[3] += amount_minor
 
     def flush(self, conn: Connection) -> None:
         usage_rows = [
@@ -184,11 +323,6 @@ class Ledger:
         add_to_counters(conn, models.invoice_lines, ["invoice_id", "service"], line_rows)
         self.usage.clear()
         self.lines.clear()
-
-
-def _accumulate(counters: list[float], delta: list[float]) -> None:
-    for index, value in enumerate(delta):
-        counters[index] += value
 
 
 def charge_rows(
@@ -240,28 +374,103 @@ def assess(
 
 
 def books_for(
-    conn: Connection, plan_book: PlanBook, cdrs: list[Cdr]
+    conn: Connection, plan_book: PlanBook, cdrs: Sequence[Cdr | Incoming]
 ) -> tuple[dict[str, int], dict[int, Account], PlanIndex]:
     """Owner per normalised served party, the accounts involved and their tariff versions."""
-    identities = {normalize_identity(c.served_party) for c in cdrs if c.served_party}
+    identities = {_normalized(c.served_party) for c in cdrs if c.served_party}
     owners = owners_of(conn, identities)
     accounts = accounts_by_id(conn, set(owners.values()))
     plans = plan_book.load(conn, {a.tariff_plan for a in accounts.values() if a.tariff_plan})
     return owners, accounts, plans
 
 
-def owner_of(cdr: Cdr, owners: dict[str, int]) -> int | None:
-    return owners.get(normalize_identity(cdr.served_party)) if cdr.served_party else None
+def owner_of(cdr: Cdr | Incoming, owners: dict[str, int]) -> int | None:
+    return owners.get(_normalized(cdr.served_party)) if cdr.served_party else None
+
+
+_IDENTITIES: dict[str, str] = {}  # served party as received -> normalised (a pure function, remembered)
+_IDENTITIES_KEPT = 100_000
+
+
+def _normalized(identity: str) -> str:
+    found = _IDENTITIES.get(identity)
+    if found is None:
+        if len(_IDENTITIES) >= _IDENTITIES_KEPT:
+            _IDENTITIES.clear()
+        found = _IDENTITIES[identity] = normalize_identity(identity)
+    return found
+
+
+_CDR_COLUMNS = (
+    "cdr_id",
+    "account_id",
+    "served_party",
+    "icid",
+    "session_id",
+    "node_address",
+    "record_type",
+    "service",
+    "called_party",
+    "started_at",
+    "duration_seconds",
+    "octets",
+    "amount_minor",
+    "invoice_id",
+    "payload",
+    "kafka_partition",
+    "kafka_offset",
+    "received_at",
+)
+_CHARGE_COLUMNS = (
+    "cdr_row_id",
+    "account_id",
+    "invoice_id",
+    "tariff_version_id",
+    "component",
+    "service",
+    "band",
+    "destination",
+    "partner_ioi",
+    "quantity",
+    "amount_minor",
+    "currency",
+    "charged_at",
+)
+# Enum members as the plain strings stored (an enum's .value is a slow property).
+_RECORD_TYPES: dict[str, str] = {member: member.value for member in RecordType}
+_SUBSCRIBER_COMPONENTS = frozenset(component.value for component in SUBSCRIBER_COMPONENTS)
+
+
+@dataclass(slots=True)
+class _Judged:
+    """One new CDR of a batch on its way into the books."""
+
+    item: Received | Incoming
+    duration_seconds: float
+    octets: int
+    started_at: datetime
+    account: Account | None
+    version: PlanVersion | None  # None with an account: no tariff in force (stored unrated)
+    booked: bool = False
+    service: str | None = None  # booked CDRs: the service, what the subscriber pays, the charges
+    amount_minor: int = 0
+    charges: tuple[Priced, ...] = ()
+    local_day: date | None = None  # booked CDRs: the day of their usage, in the account's time zone
+    period: Period | None = None  # booked CDRs: the bill period they started in
+    invoice_id: int | None = None
+    row: tuple[Any, ...] = ()
 
 
 def store_batch(
     conn: Connection,
-    received: list[Received],
+    received: Sequence[Received | Incoming],
     rejected: list[Rejected],
     *,
     now: datetime,
     plan_book: PlanBook,
+    feed: bool = True,
 ) -> BatchOutcome:
+    """Store, rate and book a batch in the caller's transaction; ``feed=False`` leaves ``outcome.feed`` empty."""
     outcome = BatchOutcome()
     if rejected:
         table = models.dead_letters
@@ -282,94 +491,159 @@ def store_batch(
             ],
         )
         outcome.dead_letters = len(result.all())  # executemany's rowcount is not reliable on every driver
-    unique: dict[str, Received] = {}
+    unique: dict[str, Received | Incoming] = {}
     for item in received:
         unique.setdefault(item.cdr.cdr_id, item)
     outcome.duplicates = len(received) - len(unique)
     if not unique:
         return outcome
     table = models.cdrs
-    stored_before = set(conn.execute(select(table.c.cdr_id).where(table.c.cdr_id.in_(list(unique)))).scalars())
+    stored_before = existing(conn, table, "cdr_id", list(unique))
     items = [item for cdr_id, item in unique.items() if cdr_id not in stored_before]
     outcome.duplicates += len(stored_before)
     if not items:
         return outcome
     owners, accounts, plans = books_for(conn, plan_book, [item.cdr for item in items])
-    ledger = Ledger(OpenInvoices(now))
-    rows = []
-    measured: dict[str, tuple[datetime, Usage]] = {}
-    assessments: dict[str, Assessment] = {}
-    wanted: list[tuple[Account, datetime] | None] = []
-    for item in items:
-        cdr = item.cdr
-        usage = measure(cdr)
-        judged = assessments[cdr.cdr_id] = assess(cdr, owner_of(cdr, owners), accounts, plans, usage)
-        measured[cdr.cdr_id] = (rated_at(cdr), usage)
-        account = judged.account if judged.booked else None
-        wanted.append((account, measured[cdr.cdr_id][0]) if account is not None else None)
+    judged = [_judge(item, owners, accounts, plans) for item in items]
     # The invoices are found before the insert so each row goes in with its own: a CDR that another
     # consumer inserts meanwhile is skipped by the insert and never booked here (at worst an empty
     # invoice of its period was opened, which the cycle run would open anyway).
-    booked_wanted = [w for w in wanted if w is not None]
-    booked_invoices = iter(ledger.invoices.invoices_for(conn, booked_wanted))
-    invoice_by_cdr = {
-        item.cdr.cdr_id: next(booked_invoices) for item, w in zip(items, wanted, strict=True) if w is not None
-    }
-    for item in items:
-        cdr = item.cdr
-        judged = assessments[cdr.cdr_id]
-        started_at, usage = measured[cdr.cdr_id]
-        rows.append(
-            {
-                "cdr_id": cdr.cdr_id,
-                "account_id": judged.account.id if judged.account else None,
-                "served_party": cdr.served_party,
-                "icid": cdr.ims_charging_identifier,
-                "session_id": cdr.session_id,
-                "node_address": cdr.node_address,
-                "record_type": cdr.record_type.value,
-                "service": judged.rating.service if judged.booked and judged.rating else None,
-                "called_party": cdr.called_party_address,
-                "started_at": started_at,
-                "duration_seconds": usage.duration_seconds,
-                "octets": usage.octets,
-                "amount_minor": judged.rating.subscriber_minor if judged.booked and judged.rating else 0,
-                "invoice_id": invoice_by_cdr.get(cdr.cdr_id),
-                "payload": item.payload,
-                "kafka_partition": item.partition,
-                "kafka_offset": item.offset,
-                "received_at": now,
-            }
+    ledger = Ledger(OpenInvoices(now))
+    periods: dict[tuple[int, datetime], tuple[Account, Period]] = {}
+    for one in judged:
+        if one.booked:
+            assert one.account is not None and one.period is not None
+            periods.setdefault((one.account.id, one.period.start), (one.account, one.period))
+    found = ledger.invoices.invoices_for_periods(conn, list(periods.values()))
+    invoice_of = dict(zip(periods, found, strict=True))
+    time_value = binder(conn, table.c.started_at)
+    received_at = time_value(now)
+    by_cdr: dict[str, _Judged] = {}
+    rows = []
+    for one in judged:
+        item, cdr, account = one.item, one.item.cdr, one.account
+        if one.booked:
+            assert account is not None and one.period is not None
+            one.invoice_id = invoice_of[(account.id, one.period.start)]
+        one.row = (
+            cdr.cdr_id,
+            account.id if account is not None else None,
+            cdr.served_party,
+            cdr.ims_charging_identifier,
+            cdr.session_id,
+            cdr.node_address,
+            _RECORD_TYPES[cdr.record_type],
+            one.service,
+            cdr.called_party_address,
+            time_value(one.started_at),
+            one.duration_seconds,
+            one.octets,
+            one.amount_minor,
+            one.invoice_id,
+            item.payload,
+            item.partition,
+            item.offset,
+            received_at,
         )
-    inserted = bulk_insert(conn, table, rows, conflict_on=["cdr_id"], returning=["id", "cdr_id"])
+        rows.append(one.row)
+        by_cdr[cdr.cdr_id] = one
+    inserted = insert_rows(conn, table, _CDR_COLUMNS, rows, conflict_on=["cdr_id"], returning=["id", "cdr_id"])
     outcome.stored = len(inserted)
     outcome.duplicates += len(items) - len(inserted)
-    row_by_cdr = {row["cdr_id"]: row for row in rows}
-    new_rows = sorted(inserted, key=lambda r: r[0])
-    charges: list[dict[str, Any]] = []
-    for row_id, cdr_id in new_rows:
-        judged = assessments[cdr_id]
-        if judged.account is None:
+    inserted.sort()
+    charges: list[tuple[Any, ...]] = []
+    for row_id, cdr_id in inserted:
+        one = by_cdr[cdr_id]
+        if one.account is None:
             outcome.unassigned += 1
-        elif judged.rating is None:
+        elif one.version is None:
             outcome.unrated += 1
-        if judged.booked:
-            assert judged.account is not None and judged.rating is not None and judged.version is not None
-            started_at, usage = measured[cdr_id]
-            booking = Booking(
-                judged.account,
-                started_at,
-                judged.rating.service,
-                usage.duration_seconds,
-                usage.octets,
-                judged.rating.subscriber_minor,
-            )
-            invoice_id = ledger.book(conn, booking, invoice_id=invoice_by_cdr[cdr_id])
-            charges += charge_rows(judged.rating, judged.version, judged.account, row_id, invoice_id, started_at)
-        outcome.feed.append(feed_item(row_id, row_by_cdr[cdr_id]))
-    bulk_insert(conn, models.charges, charges)
+        if one.booked:
+            _book(one, row_id, ledger, charges)
+        if feed:
+            outcome.feed.append(_feed_item(row_id, one))
+    insert_rows(conn, models.charges, _CHARGE_COLUMNS, charges)
     ledger.flush(conn)
     return outcome
+
+
+def _judge(
+    item: Received | Incoming, owners: dict[str, int], accounts: dict[int, Account], plans: PlanIndex
+) -> _Judged:
+    """Whose a CDR is and what it costs (what ``assess`` says), with where it goes in the books."""
+    cdr = item.cdr
+    measured: Measured
+    if isinstance(item, Incoming):
+        measured = item  # it carries the two figures itself
+    elif item.usage is not None:
+        measured = item.usage
+    else:
+        assert isinstance(cdr, Cdr)
+        measured = measure(cdr)
+    started_at = cdr.service_delivery_start_time_stamp or cdr.record_opening_time
+    party = cdr.served_party
+    owner = owners.get(_normalized(party)) if party else None
+    account = accounts.get(owner) if owner is not None else None
+    one = _Judged(item, measured.duration_seconds, measured.octets, started_at, account, None)
+    if account is None:
+        return one
+    one.version = version = plans.effective(account.tariff_plan, started_at)
+    if version is None:
+        return one
+    service, rated, charges, amount_minor = price(cdr, version.plan, measured)
+    if rated:
+        cycle = account.cycle
+        one.booked = True
+        one.service, one.amount_minor, one.charges = service, amount_minor, charges
+        one.local_day = local_day = started_at.astimezone(cycle.zone).date()
+        one.period = cycle.period_of_local_day(local_day)
+    return one
+
+
+def _book(one: _Judged, row_id: int, ledger: Ledger, charges: list[tuple[Any, ...]]) -> None:
+    """Add a newly stored CDR to its usage day and invoice line, and its charges to ``charges``."""
+    account, version, invoice_id, service = one.account, one.version, one.invoice_id, one.service
+    assert account is not None and version is not None and invoice_id is not None and service is not None
+    assert one.local_day is not None
+    ledger.add(account.id, one.local_day, invoice_id, service, one.duration_seconds, one.octets, one.amount_minor)
+    charged_at = one.row[9]  # started_at, as the database takes it
+    currency = version.plan.currency
+    for component, name, amount, quantity, band, destination, partner in one.charges:
+        charges.append(
+            (
+                row_id,
+                account.id,
+                invoice_id if component in _SUBSCRIBER_COMPONENTS else None,
+                version.id,
+                component,
+                name,
+                band,
+                destination,
+                partner,
+                int(quantity),
+                amount,
+                currency,
+                charged_at,
+            )
+        )
+
+
+def _feed_item(row_id: int, one: _Judged) -> dict[str, Any]:
+    row = one.row
+    return {
+        "id": row_id,
+        "cdr_id": row[0],
+        "account_id": row[1],
+        "served_party": row[2],
+        "icid": row[3],
+        "node_address": row[5],
+        "record_type": row[6],
+        "service": row[7],
+        "called_party": row[8],
+        "started_at": one.started_at.isoformat(),
+        "duration_seconds": row[10],
+        "amount_minor": row[12],
+    }
 
 
 def feed_item(row_id: int, row: Any) -> dict[str, Any]:

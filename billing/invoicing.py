@@ -66,7 +66,14 @@ class OpenInvoices:
 
     def invoices_for(self, conn: Connection, wanted: list[tuple[Account, datetime]]) -> list[int]:
         """The open invoice for each (account, instant), with a few statements for the whole list."""
-        periods = [account.cycle.period_containing(instant) for account, instant in wanted]
+        return self.invoices_for_periods(
+            conn, [(account, account.cycle.period_containing(instant)) for account, instant in wanted]
+        )
+
+    def invoices_for_periods(self, conn: Connection, wanted: list[tuple[Account, Period]]) -> list[int]:
+        """The open invoice for each (account, period its CDR started in): that period's, or the next
+        open one when it is closed; with a few statements for the whole list."""
+        periods = [period for _, period in wanted]
         accounts = {account.id: account for account, _ in wanted}
         while True:
             missing = {

@@ -126,8 +126,9 @@ charges = Table(
     metadata,
     Column("id", BigId, primary_key=True, autoincrement=True),
     Column("cdr_row_id", BigId, ForeignKey("billing_cdrs.id"), nullable=False, index=True),
-    Column("account_id", Integer, ForeignKey("billing_accounts.id"), nullable=False, index=True),
-    Column("invoice_id", Integer, ForeignKey("billing_invoices.id"), nullable=True, index=True),
+    # Charges are read by their CDR only: no index on account_id or invoice_id (migration billing_0002).
+    Column("account_id", Integer, ForeignKey("billing_accounts.id"), nullable=False),
+    Column("invoice_id", Integer, ForeignKey("billing_invoices.id"), nullable=True),
     Column("tariff_version_id", Integer, ForeignKey("billing_tariff_versions.id"), nullable=False),
     Column("component", String(32), nullable=False),
     Column("service", String(32), nullable=False),

@@ -25,10 +25,11 @@ from __future__ import annotations
 import enum
 import functools
 import math
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, time
 from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Decimal
-from typing import Literal
+from typing import Literal, NamedTuple, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -74,6 +75,43 @@ SUBSCRIBER_COMPONENTS = frozenset({Component.USAGE, Component.SETUP})
 
 class ImpossibleCdr(ValueError):
     """A CDR whose values cannot describe real usage; it is dead-lettered, never rated."""
+
+
+class OperatorPair(Protocol):
+    @property
+    def originating_ioi(self) -> str | None: ...
+
+    @property
+    def terminating_ioi(self) -> str | None: ...
+
+
+class RatedRecord(Protocol):
+    """What rating reads of a CDR: a ``charging.cdr.Cdr``, or the flat ``billing.ingest.Incoming`` of one
+    (which has its IOI pairs as plain tuples too, ``operators``: rating reads those when there are)."""
+
+    @property
+    def record_type(self) -> str: ...
+
+    @property
+    def sip_method(self) -> str | None: ...
+
+    @property
+    def ims_communication_service_identifier(self) -> str | None: ...
+
+    @property
+    def called_party_address(self) -> str | None: ...
+
+    @property
+    def record_sequence_number(self) -> int | None: ...
+
+    @property
+    def inter_operator_identifiers(self) -> Sequence[OperatorPair]: ...
+
+    @property
+    def service_delivery_start_time_stamp(self) -> datetime | None: ...
+
+    @property
+    def record_opening_time(self) -> datetime: ...
 
 
 class _Plan(BaseModel):
@@ -134,7 +172,7 @@ class ServiceTariff(_Plan):
     setup_minor: int = Field(default=0, ge=0)
     destinations: list[DestinationRate] = Field(default_factory=list)
 
-    def matches(self, cdr: Cdr) -> bool:
+    def matches(self, cdr: RatedRecord) -> bool:
         if not self.methods and not self.icsi:
             return True
         if cdr.sip_method and cdr.sip_method.upper() in _upper(self.methods):
@@ -197,16 +235,15 @@ class TariffPlan(_Plan):
                 return band.name
         return self.default_band
 
-    def service_for(self, cdr: Cdr) -> ServiceTariff | None:
+    def service_for(self, cdr: RatedRecord) -> ServiceTariff | None:
         for service in self.services:
             if service.matches(cdr):
                 return service
         return None
 
 
-@dataclass(frozen=True, slots=True)
-class Usage:
-    """What a CDR measured: seconds, octets and one event."""
+class Usage(NamedTuple):
+    """What a CDR measured: seconds, octets and one event (a flat tuple: cheap to keep by the thousand)."""
 
     duration_seconds: float
     octets: int
@@ -236,7 +273,7 @@ class Rating:
         return sum(c.amount_minor for c in self.charges if c.component in SUBSCRIBER_COMPONENTS)
 
 
-def rated_at(cdr: Cdr) -> datetime:
+def rated_at(cdr: RatedRecord) -> datetime:
     """The instant a CDR is rated at: when service delivery started, else when the record opened."""
     return cdr.service_delivery_start_time_stamp or cdr.record_opening_time
 
@@ -260,18 +297,21 @@ def measure(cdr: Cdr) -> Usage:
     return Usage(duration_seconds=duration, octets=octets)
 
 
+_SEPARATORS = str.maketrans("", "", " -.()")
+
+
 def dialled_digits(address: str | None) -> str:
     """The digits of a called party (``tel:+49 30 1234``, ``sip:+49301234@host;user=phone``), or ''."""
     if not address:
         return ""
     user = address.strip()
+    head = user[:5].lower()
     for scheme in ("tel:", "sip:", "sips:"):
-        if user.lower().startswith(scheme):
+        if head.startswith(scheme):
             user = user[len(scheme) :]
             break
     user = user.split("@", 1)[0].split(";", 1)[0]
-    user = user.lstrip("+")
-    cleaned = "".join(ch for ch in user if ch not in " -.()")
+    cleaned = user.lstrip("+").translate(_SEPARATORS)
     return cleaned if cleaned.isdigit() else ""
 
 
@@ -283,74 +323,265 @@ def _money(value: Decimal) -> int:
     return int(value.quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 
-def _longest_prefix(service: ServiceTariff, digits: str) -> DestinationRate | None:
-    best: DestinationRate | None = None
-    for destination in service.destinations:
-        if digits.startswith(destination.prefix) and (best is None or len(destination.prefix) > len(best.prefix)):
-            best = destination
-    return best
+# Whole numbers up to these bounds go through integer arithmetic, which then gives exactly what the
+# Decimal arithmetic above gives (28 significant digits leave no rounding to differ on); beyond them,
+# and for fractions of a second or of a minor unit, the Decimal arithmetic itself runs.
+_EXACT_SECONDS = 1e15
+_EXACT_UNITS = 10**26
+_EXACT_MINOR = 10**26
 
 
-def _starts_session(cdr: Cdr) -> bool:
+def _whole_units(amount: int, per: int, rounding: Rounding) -> int:
+    if rounding == "up":
+        return -(-amount // per)
+    if rounding == "down":
+        return amount // per
+    return (2 * amount + per) // (2 * per)  # nearest, half up
+
+
+def _count(amount: int | float, per: int, rounding: Rounding) -> int | Decimal:
+    """``amount`` (seconds or octets, never negative) in increments of ``per``, rounded; an int when exact."""
+    if isinstance(amount, int):
+        if amount < _EXACT_UNITS:
+            return _whole_units(amount, per, rounding)
+        return _units(Decimal(amount), per, rounding)
+    if amount.is_integer() and amount < _EXACT_SECONDS:
+        return _whole_units(int(amount), per, rounding)
+    return _units(Decimal(repr(amount)), per, rounding)
+
+
+@dataclass(frozen=True, slots=True)
+class _Price:
+    exact: Decimal  # minor units per increment
+    whole: int | None  # the same when it is a whole number
+
+    @classmethod
+    def of(cls, price: Decimal) -> _Price:
+        return cls(price, int(price) if price.is_finite() and price == price.to_integral_value() else None)
+
+    def times(self, quantity: int | Decimal) -> int:
+        """quantity x price in whole minor units, rounded once, half up."""
+        if self.whole is not None and isinstance(quantity, int):
+            amount = quantity * self.whole
+            if amount < _EXACT_MINOR:
+                return amount
+        return _money(Decimal(quantity) * self.exact)
+
+
+@dataclass(frozen=True, slots=True)
+class _Rates:
+    """One price table (a service's or a destination's) resolved for every band of the plan."""
+
+    by_band: dict[str, _Price]
+    destination: str | None
+    setup_minor: int
+
+
+@dataclass(frozen=True, slots=True)
+class _ServiceRates:
+    tariff: ServiceTariff
+    rates: _Rates
+    destinations: tuple[tuple[str, _Rates], ...]  # longest prefix first
+    by_address: dict[str | None, _Rates] = field(default_factory=dict)  # called party -> rates, remembered
+
+    def for_address(self, address: str | None) -> _Rates:
+        """The rates of the longest destination prefix the called party's digits start with."""
+        if not self.destinations:
+            return self.rates
+        found = self.by_address.get(address)
+        if found is None:
+            found = self.rates
+            digits = dialled_digits(address)
+            if digits:
+                for prefix, rates in self.destinations:
+                    if digits.startswith(prefix):
+                        found = rates
+                        break
+            if len(self.by_address) >= _MATCH_MEMO:
+                self.by_address.clear()
+            self.by_address[address] = found
+        return found
+
+
+class _Compiled:
+    """A plan's lookups, prepared once per plan (a plan never changes once made)."""
+
+    __slots__ = ("bands", "by_match", "partners", "plan", "rated_types", "services")
+
+    def __init__(self, plan: TariffPlan) -> None:
+        self.plan = plan
+        self.rated_types = frozenset(plan.rated_record_types)
+        self.bands = bool(plan.bands)
+        names = [plan.default_band, *(band.name for band in plan.bands)]
+
+        def rates(prices: dict[str, Decimal], destination: str | None, setup: int) -> _Rates:
+            fallback = prices[plan.default_band]
+            return _Rates({name: _Price.of(prices.get(name, fallback)) for name in names}, destination, setup)
+
+        self.services: dict[int, _ServiceRates] = {}
+        for service in plan.services:
+            ordered = sorted(service.destinations, key=lambda d: -len(d.prefix))  # stable: the first one wins a tie
+            self.services[id(service)] = _ServiceRates(
+                service,
+                rates(service.prices, None, service.setup_minor),
+                tuple(
+                    (
+                        d.prefix,
+                        rates(d.prices, d.prefix, service.setup_minor if d.setup_minor is None else d.setup_minor),
+                    )
+                    for d in ordered
+                ),
+            )
+        self.partners: dict[str, tuple[InterconnectPartner, _Price, _Price]] = {}
+        if plan.interconnect is not None:
+            for partner in plan.interconnect.partners:
+                prices = (_Price.of(partner.payable_per_increment), _Price.of(partner.receivable_per_increment))
+                self.partners[partner.ioi] = (partner, *prices)  # a later entry for the same IOI replaces one
+        self.by_match: dict[tuple[str | None, str | None], ServiceTariff | None] = {}
+
+    def service_for(self, cdr: RatedRecord) -> ServiceTariff | None:
+        method = cdr.sip_method
+        key = (method.upper() if method else None, cdr.ims_communication_service_identifier)
+        try:
+            return self.by_match[key]
+        except KeyError:
+            pass
+        if len(self.by_match) > _MATCH_MEMO:
+            self.by_match.clear()
+        found = self.by_match[key] = self.plan.service_for(cdr)
+        return found
+
+
+_MATCH_MEMO = 4096
+_COMPILED_MEMO = 256
+_compiled: dict[int, tuple[TariffPlan, _Compiled]] = {}
+
+
+def _compile(plan: TariffPlan) -> _Compiled:
+    entry = _compiled.get(id(plan))
+    if entry is not None and entry[0] is plan:
+        return entry[1]
+    if len(_compiled) >= _COMPILED_MEMO:
+        _compiled.clear()
+    compiled = _Compiled(plan)
+    _compiled[id(plan)] = (plan, compiled)  # holds the plan, so its id is not reused while it is here
+    return compiled
+
+
+def _starts_session(cdr: RatedRecord) -> bool:
     return cdr.record_sequence_number is None or cdr.record_sequence_number <= FIRST_PARTIAL_SEQUENCE_NUMBER
 
 
-def _subscriber_charges(cdr: Cdr, plan: TariffPlan, service: ServiceTariff, usage: Usage) -> list[Charge]:
-    band = plan.band_at(rated_at(cdr))
-    destination = _longest_prefix(service, dialled_digits(cdr.called_party_address))
-    prices = destination.prices if destination is not None else service.prices
-    price = prices.get(band, prices[plan.default_band])
-    if service.basis == "duration":
-        quantity = _units(Decimal(repr(usage.duration_seconds)), service.increment_seconds, service.rounding)
-    elif service.basis == "volume":
-        quantity = _units(Decimal(usage.octets), service.unit_octets, service.rounding)
+# A charge as plain values, in the order of ``Charge``'s fields (component as its value, quantity an int
+# when whole): what ingestion stores straight away.  Plain tuples of plain values, because the garbage
+# collector stops tracking those (it never stops tracking named tuples or objects).
+Priced = tuple[str, str, int, "int | Decimal", "str | None", "str | None", "str | None"]
+# service, rated, charges, subscriber_minor (the usage and set-up charges: what the subscriber pays).
+Pricing = tuple[str, bool, tuple[Priced, ...], int]
+
+
+class Measured(Protocol):
+    """What rating reads of a CDR's usage: a ``Usage``, or anything with the same two figures."""
+
+    @property
+    def duration_seconds(self) -> float: ...
+
+    @property
+    def octets(self) -> int: ...
+
+
+_USAGE, _SETUP = Component.USAGE.value, Component.SETUP.value
+_PAYABLE, _RECEIVABLE = Component.TERMINATION_PAYABLE.value, Component.TERMINATION_RECEIVABLE.value
+_COMPONENTS = {member.value: member for member in Component}
+
+
+def _subscriber_charges(
+    cdr: RatedRecord, plan: TariffPlan, service: _ServiceRates, usage: Measured, started_at: datetime
+) -> tuple[Priced, ...]:
+    tariff = service.tariff
+    band = plan.band_at(started_at)
+    rates = service.for_address(cdr.called_party_address)
+    quantity: int | Decimal
+    if tariff.basis == "duration":
+        quantity = _count(usage.duration_seconds, tariff.increment_seconds, tariff.rounding)
+    elif tariff.basis == "volume":
+        quantity = _count(usage.octets, tariff.unit_octets, tariff.rounding)
     else:
-        quantity = Decimal(1)
-    if quantity > 0 or service.basis == "event":
-        quantity = max(quantity, Decimal(service.minimum_units))
-    prefix = destination.prefix if destination is not None else None
-    charges = [Charge(Component.USAGE, service.service, _money(quantity * price), quantity, band, prefix)]
-    setup = destination.setup_minor if destination is not None and destination.setup_minor is not None else None
-    setup = service.setup_minor if setup is None else setup
-    if setup and _starts_session(cdr):
-        charges.append(Charge(Component.SETUP, service.service, setup, Decimal(1), band, prefix))
-    return charges
+        quantity = 1
+    if (quantity > 0 or tariff.basis == "event") and quantity < tariff.minimum_units:
+        quantity = tariff.minimum_units
+    amount = rates.by_band[band].times(quantity)
+    prefix = rates.destination
+    usage_charge: Priced = (_USAGE, tariff.service, amount, quantity, band, prefix, None)
+    if rates.setup_minor and _starts_session(cdr):
+        return usage_charge, (_SETUP, tariff.service, rates.setup_minor, 1, band, prefix, None)
+    return (usage_charge,)
 
 
-def _interconnect_charges(cdr: Cdr, tariff: InterconnectTariff, service: str, usage: Usage) -> list[Charge]:
-    partners = {partner.ioi: partner for partner in tariff.partners}
-    for pair in cdr.inter_operator_identifiers:
-        originating, terminating = pair.originating_ioi, pair.terminating_ioi
-        if originating == tariff.home_ioi and terminating in partners and terminating != tariff.home_ioi:
-            partner, component = partners[terminating], Component.TERMINATION_PAYABLE
-            price = partner.payable_per_increment
-        elif terminating == tariff.home_ioi and originating in partners and originating != tariff.home_ioi:
-            partner, component = partners[originating], Component.TERMINATION_RECEIVABLE
-            price = partner.receivable_per_increment
+def _interconnect_charges(
+    cdr: RatedRecord,
+    home: str,
+    partners: dict[str, tuple[InterconnectPartner, _Price, _Price]],
+    service: str,
+    usage: Measured,
+) -> tuple[Priced, ...]:
+    for originating, terminating in _operator_pairs(cdr):
+        if originating == home and terminating in partners and terminating != home:
+            partner, price, _ = partners[terminating]
+            component = _PAYABLE
+        elif terminating == home and originating in partners and originating != home:
+            partner, _, price = partners[originating]
+            component = _RECEIVABLE
         else:
             continue
-        quantity = _units(Decimal(repr(usage.duration_seconds)), partner.increment_seconds, partner.rounding)
-        return [Charge(component, service, _money(quantity * price), quantity, partner_ioi=partner.ioi)]
-    return []
+        quantity = _count(usage.duration_seconds, partner.increment_seconds, partner.rounding)
+        return ((component, service, price.times(quantity), quantity, None, None, partner.ioi),)
+    return ()
 
 
-def rate(cdr: Cdr, plan: TariffPlan, usage: Usage | None = None) -> Rating:
-    """The charges ``plan`` puts on ``cdr`` (none for record types the plan does not rate);
-    ``usage`` saves measuring the CDR again when the caller has done it."""
-    usage = usage if usage is not None else measure(cdr)
-    tariff = plan.service_for(cdr)
+def _operator_pairs(cdr: RatedRecord) -> Iterable[tuple[str | None, str | None]]:
+    pairs: tuple[tuple[str | None, str | None], ...] | None = getattr(cdr, "operators", None)
+    if pairs is not None:
+        return pairs
+    return ((pair.originating_ioi, pair.terminating_ioi) for pair in cdr.inter_operator_identifiers)
+
+
+def price(cdr: RatedRecord, plan: TariffPlan, usage: Measured) -> Pricing:
+    """What ``rate`` says, as plain values (see ``Pricing``): the form ingestion works with."""
+    compiled = _compile(plan)
+    tariff = compiled.service_for(cdr)
     service = tariff.service if tariff is not None else UNMATCHED_SERVICE
-    if cdr.record_type.value not in plan.rated_record_types:
-        return Rating(service, usage, (), rated=False)
-    charges: list[Charge] = []
+    if cdr.record_type not in compiled.rated_types:  # a RecordType is the str of its value
+        return service, False, (), 0
+    charges: tuple[Priced, ...] = ()
+    subscriber_minor = 0
     if tariff is not None:
-        charges += _subscriber_charges(cdr, plan, tariff, usage)
+        started_at = cdr.service_delivery_start_time_stamp or cdr.record_opening_time
+        charges = _subscriber_charges(cdr, plan, compiled.services[id(tariff)], usage, started_at)
+        for charge in charges:
+            subscriber_minor += charge[2]
     if plan.interconnect is not None:
-        charges += _interconnect_charges(cdr, plan.interconnect, service, usage)
-    return Rating(service, usage, tuple(charges))
+        charges += _interconnect_charges(cdr, plan.interconnect.home_ioi, compiled.partners, service, usage)
+    return service, True, charges, subscriber_minor
 
 
-def service_of(cdr: Cdr, plan: TariffPlan | None) -> str:
+def rate(cdr: RatedRecord, plan: TariffPlan, usage: Usage | None = None) -> Rating:
+    """The charges ``plan`` puts on ``cdr`` (none for record types the plan does not rate);
+    ``usage`` saves measuring the CDR again when the caller has done it (and is needed for anything
+    but a ``Cdr``)."""
+    if usage is None:
+        if not isinstance(cdr, Cdr):
+            raise TypeError("rate() measures only a Cdr; pass the usage of anything else")
+        usage = measure(cdr)
+    service, rated, priced, _ = price(cdr, plan, usage)
+    charges = tuple(
+        Charge(_COMPONENTS[component], name, amount, Decimal(quantity), band, destination, partner)
+        for component, name, amount, quantity, band, destination, partner in priced
+    )
+    return Rating(service, usage, charges, rated)
+
+
+def service_of(cdr: RatedRecord, plan: TariffPlan | None) -> str:
     if plan is None:
         return UNMATCHED_SERVICE
     tariff = plan.service_for(cdr)

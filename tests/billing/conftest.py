@@ -15,7 +15,7 @@ from sqlalchemy import Engine, func, select
 
 from billing import models
 from billing.catalog import Account, AccountSpec, PlanBook, create_account, set_tariff
-from billing.ingest import BatchOutcome, Received, store_batch
+from billing.ingest import BatchOutcome, Incoming, Received, parse, store_batch
 from billing.rating import TariffPlan
 from billing.settings import TaxSetting
 from charging.broker import EmbeddedBroker, create_topic, producer_config
@@ -34,8 +34,17 @@ class Books:
     account: Account
     plan_book: PlanBook
 
-    def store(self, cdrs: list[Cdr], now: datetime = EPOCH) -> BatchOutcome:
-        received = [Received(cdr, cdr.to_json().decode()) for cdr in cdrs]
+    def store(self, cdrs: list[Cdr], now: datetime = EPOCH, *, parsed: bool = True) -> BatchOutcome:
+        """Store a batch as the consumer does (each CDR parsed from its JSON into an ``Incoming``), or,
+        with ``parsed=False``, as ``Received`` models (the form of callers that hold a ``Cdr``)."""
+        received: list[Received | Incoming] = []
+        for offset, cdr in enumerate(cdrs):
+            payload = cdr.to_json()
+            if parsed:
+                model, usage = parse(payload)
+                received.append(Incoming.of(model, usage, payload.decode(), 0, offset))
+            else:
+                received.append(Received(cdr, payload.decode()))
         with self.engine.begin() as conn:
             return store_batch(conn, received, [], now=now, plan_book=self.plan_book)
 

@@ -6,14 +6,17 @@ Real parts: a Kafka-protocol broker (embedded tansu, or CHARGING_TEST_KAFKA), SQ
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kafka import KafkaConsumer, TopicPartition
@@ -263,3 +266,50 @@ def test_a_database_outage_holds_batches_back_and_nothing_is_lost_or_doubled(dat
     assert state[0] == 20
     assert state[2] == sum(6 * (2 if c.duration_seconds > 60 else 1) + 5 for wave in waves for c in wave)
     assert _committed(kafka, topic, group, partitions=2) == 20
+
+
+class _SlowConsumer(BillingConsumer):
+    """Each transaction takes a while, so that rebalances come while a batch is in the store thread."""
+
+    def _store(self, received: list[Any], rejected: list[Any]) -> Any:
+        time.sleep(0.3)
+        return super()._store(received, rejected)
+
+
+def test_a_rebalance_while_a_batch_is_being_stored_loses_and_duplicates_nothing(books: Books, kafka: Kafka) -> None:
+    topic = kafka.new_topic(partitions=4)
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    calls = _calls(120)
+    kafka.produce(topic, calls)
+
+    def slow(name: str) -> BillingConsumer:
+        settings = BillingSettings(
+            consumer_group=group,
+            poll_timeout_ms=100,
+            retry_seconds=0.2,
+            batch_max_records=5,
+            session_timeout_ms=SESSION_TIMEOUT_MS,
+        )
+        return _SlowConsumer(
+            books.engine,
+            bootstrap=kafka.bootstrap,
+            topic=topic,
+            dead_letter_topic=f"{topic}.dead",
+            settings=settings,
+            name=name,
+        )
+
+    first = slow("first")
+    with running(first):
+        wait_until(lambda: first.totals.stored > 0, what="the first batches")
+        second = slow("second")
+        with running(second):  # joins while the first has a batch in its store thread: a rebalance
+            wait_until(lambda: first.totals.stored + second.totals.stored == 120, what="every CDR stored")
+    assert second.totals.stored > 0
+    with books.engine.connect() as conn:
+        cdr_ids = sorted(row.cdr_id for row in conn.execute(select(models.cdrs.c.cdr_id)))
+    assert cdr_ids == sorted(c.cdr_id for c in calls)
+    expected = sum(6 * math.ceil(c.duration_seconds / 60) + 5 for c in calls)  # 6 a started minute, 5 set-up
+    state = _books_state(books.engine)
+    assert state[2] == expected and state[4] == expected  # the charges, and the usage booked
+    assert _committed(kafka, topic, group) == 120

@@ -5,7 +5,7 @@ Real parts: SQLite and PostgreSQL (the ``database`` fixture).
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
@@ -16,6 +16,8 @@ from billing.catalog import add_subscriber
 from billing.consumer import Batch, BillingConsumer
 from billing.ingest import PoisonMessage, Received, parse_cdr
 from billing.rating import ServiceTariff
+from billing.sql import binder
+from charging.cdr import Cdr, RecordType
 from tests.billing.conftest import Books, make_books
 from tests.billing.factories import make_cdr, voice_plan
 from tests.conftest import Database
@@ -172,3 +174,44 @@ def test_a_cdr_the_database_refuses_is_dead_lettered_alone_and_its_batch_neighbo
         dead = conn.execute(select(models.dead_letters)).one()
     assert dead.kafka_offset == 1 and dead.reason.startswith("cannot be stored")
     assert books.total(models.invoice_lines.c.amount_minor) == 18
+
+
+def test_a_batch_of_parsed_records_and_one_of_models_are_booked_alike(books: Books) -> None:
+    """The consumer stores ``Incoming`` records; callers holding ``Cdr`` models store ``Received`` ones."""
+
+    def shapes(tag: str) -> list[Cdr]:
+        return [
+            make_cdr(session_id=f"{tag}-1", start=MARCH, duration=61, iois=("home.net", "other.net")),
+            make_cdr(session_id=f"{tag}-2", start=MARCH, method="MESSAGE", duration=0),
+            make_cdr(session_id=f"{tag}-3", start=MARCH, served_party="sip:stranger@elsewhere.net"),
+            make_cdr(session_id=f"{tag}-4", start=MARCH, record_type=RecordType.P_CSCF),
+            make_cdr(session_id=f"{tag}-5", start=MARCH, sequence=2, duration=30.5, called="tel:+4930 1234"),
+        ]
+
+    parsed = books.store(shapes("parsed"))
+    models_ = books.store(shapes("models"), parsed=False)
+    assert (parsed.stored, parsed.unassigned) == (models_.stored, models_.unassigned) == (5, 1)
+    columns = ["account_id", "service", "amount_minor", "invoice_id", "started_at", "duration_seconds", "octets"]
+    with books.engine.connect() as conn:
+        rows = conn.execute(select(models.cdrs).order_by(models.cdrs.c.id)).all()
+        charges = conn.execute(select(models.charges).order_by(models.charges.c.id)).all()
+    by_row = {row.id: row.session_id.split("-")[0] for row in rows}
+    assert [[getattr(r, c) for c in columns] for r in rows[:5]] == [[getattr(r, c) for c in columns] for r in rows[5:]]
+    charge_columns = ["component", "service", "amount_minor", "quantity", "band", "invoice_id", "charged_at"]
+    kept = {
+        tag: [[getattr(c, k) for k in charge_columns] for c in charges if by_row[c.cdr_row_id] == tag]
+        for tag in by_row.values()
+    }
+    assert kept["parsed"] == kept["models"] and len(kept["parsed"]) == 5
+    assert [item["started_at"] for item in parsed.feed] == [item["started_at"] for item in models_.feed]
+
+
+def test_utc_times_go_to_sqlite_as_sqlalchemy_writes_them(database: Database) -> None:
+    with database.engine.connect() as conn:
+        bind = binder(conn, models.cdrs.c.started_at)
+        generic = models.cdrs.c.started_at.type._cached_bind_processor(conn.dialect)
+    assert generic is not None
+    berlin = timezone(timedelta(hours=1))
+    for instant in (MARCH, datetime(2026, 3, 29, 1, 59, 59, 999_999, tzinfo=berlin), datetime(1, 1, 1, tzinfo=UTC)):
+        assert bind(instant) == generic(instant)
+    assert bind(None) is None

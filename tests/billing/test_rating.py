@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Decimal
 
 import pytest
 from pydantic import ValidationError
@@ -13,12 +14,13 @@ from billing.rating import (
     DestinationRate,
     ImpossibleCdr,
     ServiceTariff,
+    TariffPlan,
     TimeBand,
     dialled_digits,
     measure,
     rate,
 )
-from charging.cdr import RecordType
+from charging.cdr import Cdr, RecordType
 from tests.billing.factories import make_cdr, voice_plan
 
 WEDNESDAY_10H_BERLIN = datetime(2026, 3, 11, 9, 0, tzinfo=UTC)  # 10:00 CET
@@ -201,3 +203,124 @@ def test_plan_validation_names_a_missing_default_band_price_and_unknown_zone() -
         voice_plan(time_zone="Mars/Olympus")
     with pytest.raises(ValidationError, match="unknown bands"):
         voice_plan(services=[ServiceTariff(service="voice", prices={"offpeak": Decimal(1), "lunch": Decimal(1)})])
+
+
+# -- the rules, spelled out once more in plain Decimal arithmetic, against the rating code ---------------
+
+
+def _reference_units(amount: Decimal, per: int, rounding: str) -> Decimal:
+    modes = {"up": ROUND_CEILING, "nearest": ROUND_HALF_UP, "down": ROUND_FLOOR}
+    return (amount / Decimal(per)).quantize(Decimal(1), rounding=modes[rounding])
+
+
+def _reference_money(value: Decimal) -> int:
+    return int(value.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+def _reference_rate(cdr: Cdr, plan: TariffPlan) -> tuple[str, bool, list[tuple[str, int, int, str | None, str | None]]]:
+    """(service, rated, [(component, amount, quantity, destination, partner)]) by the documented rules."""
+    usage = measure(cdr)
+    seconds = Decimal(repr(usage.duration_seconds))
+    tariff = next(
+        (
+            s
+            for s in plan.services
+            if (not s.methods and not s.icsi)
+            or (cdr.sip_method and cdr.sip_method.upper() in {m.upper() for m in s.methods})
+            or cdr.ims_communication_service_identifier in s.icsi
+        ),
+        None,
+    )
+    service = tariff.service if tariff else "other"
+    if cdr.record_type.value not in plan.rated_record_types:
+        return service, False, []
+    charges: list[tuple[str, int, int, str | None, str | None]] = []
+    if tariff is not None:
+        band = plan.band_at(cdr.service_delivery_start_time_stamp or cdr.record_opening_time)
+        digits = dialled_digits(cdr.called_party_address)
+        matching = [d for d in tariff.destinations if digits.startswith(d.prefix)]
+        destination = max(matching, key=lambda d: len(d.prefix)) if matching else None
+        prices = destination.prices if destination else tariff.prices
+        price = prices.get(band, prices[plan.default_band])
+        if tariff.basis == "duration":
+            quantity = _reference_units(seconds, tariff.increment_seconds, tariff.rounding)
+        elif tariff.basis == "volume":
+            quantity = _reference_units(Decimal(usage.octets), tariff.unit_octets, tariff.rounding)
+        else:
+            quantity = Decimal(1)
+        if quantity > 0 or tariff.basis == "event":
+            quantity = max(quantity, Decimal(tariff.minimum_units))
+        prefix = destination.prefix if destination else None
+        charges.append(("usage", _reference_money(quantity * price), int(quantity), prefix, None))
+        setup = destination.setup_minor if destination and destination.setup_minor is not None else tariff.setup_minor
+        if setup and (cdr.record_sequence_number is None or cdr.record_sequence_number <= 1):
+            charges.append(("setup", setup, 1, prefix, None))
+    if plan.interconnect is not None:
+        home = plan.interconnect.home_ioi
+        partners = {p.ioi: p for p in plan.interconnect.partners}
+        for pair in cdr.inter_operator_identifiers:
+            if pair.originating_ioi == home and pair.terminating_ioi in partners and pair.terminating_ioi != home:
+                partner, component = partners[pair.terminating_ioi], "termination_payable"
+                price = partner.payable_per_increment
+            elif pair.terminating_ioi == home and pair.originating_ioi in partners and pair.originating_ioi != home:
+                partner, component = partners[pair.originating_ioi], "termination_receivable"
+                price = partner.receivable_per_increment
+            else:
+                continue
+            quantity = _reference_units(seconds, partner.increment_seconds, partner.rounding)
+            charges.append((component, _reference_money(quantity * price), int(quantity), None, partner.ioi))
+            break
+    return service, True, charges
+
+
+def test_rating_agrees_with_the_rules_in_plain_decimal_arithmetic_on_random_cdrs_and_plans() -> None:
+    rng = random.Random(20260310)
+    prices = [Decimal(0), Decimal(1), Decimal(6), Decimal("0.25"), Decimal("2.5"), Decimal("9.99"), Decimal(10**6)]
+    for _ in range(300):
+        services = [
+            ServiceTariff(
+                service="voice",
+                methods=["INVITE"],
+                increment_seconds=rng.choice([1, 7, 60, 3600]),
+                rounding=rng.choice(["up", "nearest", "down"]),
+                minimum_units=rng.choice([0, 0, 1, 30]),
+                prices={"offpeak": rng.choice(prices), "peak": rng.choice(prices)},
+                setup_minor=rng.choice([0, 5]),
+                destinations=[
+                    DestinationRate(prefix="49", prices={"offpeak": rng.choice(prices)}),
+                    DestinationRate(prefix="4915", prices={"offpeak": rng.choice(prices)}, setup_minor=0),
+                    DestinationRate(prefix="1", prices={"offpeak": rng.choice(prices)}, setup_minor=9),
+                ][: rng.randrange(4)],
+            ),
+            ServiceTariff(service="messaging", methods=["message"], basis="event", prices={"offpeak": Decimal(9)}),
+            ServiceTariff(
+                service="data",
+                icsi=["urn:example:data"],
+                basis="volume",
+                unit_octets=rng.choice([1, 1000, 1_000_000]),
+                rounding=rng.choice(["up", "nearest", "down"]),
+                prices={"offpeak": rng.choice(prices)},
+            ),
+        ]
+        plan = voice_plan(services=services)
+        duration = rng.choice([0.0, 1.0, 59.0, 60.0, 61.0, 89.5, 0.1 + 0.2, 3599.999, float(rng.randrange(5000))])
+        cdr = make_cdr(
+            start=datetime(2026, 3, rng.randrange(1, 29), rng.randrange(24), rng.randrange(60), tzinfo=UTC),
+            duration=duration,
+            method=rng.choice(["INVITE", "invite", "MESSAGE", "SUBSCRIBE"]),
+            called=rng.choice([None, "tel:+49 30 1234", "sip:+4915112345@home.net;user=phone", "tel:+1-212", "x"]),
+            record_type=rng.choice([RecordType.S_CSCF, RecordType.S_CSCF, RecordType.P_CSCF]),
+            sequence=rng.choice([None, 1, 2]),
+            iois=rng.choice([None, ("home.net", "other.net"), ("other.net", "home.net"), ("home.net", "home.net")]),
+            extensions=rng.choice(
+                [{}, {"accounting_input_octets": rng.randrange(10**12), "accounting_output_octets": 7}]
+            ),
+            icsi=rng.choice([None, "urn:example:data"]),
+        )
+        rating = rate(cdr, plan)
+        got = [
+            (c.component.value, c.amount_minor, int(c.quantity), c.destination, c.partner_ioi) for c in rating.charges
+        ]
+        assert (rating.service, rating.rated, got) == _reference_rate(cdr, plan), (cdr, plan)
+        assert all(c.quantity == int(c.quantity) for c in rating.charges)
+        assert rating.subscriber_minor == sum(a for k, a, *_ in got if k in ("usage", "setup"))
