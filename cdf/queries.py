@@ -50,18 +50,28 @@ def list_cdrs(
     return [(int(r[0]), Cdr.from_json(r[1])) for r in rows]
 
 
+def waiting(conn: Connection, mark: str, now: float) -> tuple[int, float | None]:
+    """How many CDRs the sink that sets outbox column ``mark`` has not delivered, and the oldest one's age."""
+    column = outbox.c[mark]
+    count = conn.execute(select(func.count()).where(column.is_(None))).scalar_one()
+    # The oldest by id, through the sink's partial index, rather than min(created_at) over the whole backlog.
+    oldest = conn.execute(select(outbox.c.created_at).where(column.is_(None)).order_by(outbox.c.id).limit(1)).scalar()
+    return int(count), (round(max(0.0, now - oldest), 3) if oldest is not None else None)
+
+
+def open_record_count(conn: Connection) -> int:
+    return int(conn.execute(select(func.count()).select_from(record)).scalar_one())
+
+
 def backlog(conn: Connection, now: float) -> dict[str, Any]:
     """How many CDRs wait for Kafka and for files, how old the oldest waiting one is, how many records are open."""
-    unpublished, oldest = conn.execute(
-        select(func.count(), func.min(outbox.c.created_at)).where(outbox.c.published_at.is_(None))
-    ).one()
-    unwritten = conn.execute(select(func.count()).where(outbox.c.jsonl_written_at.is_(None))).scalar_one()
+    unpublished, oldest_age = waiting(conn, "published_at", now)
+    unwritten, _ = waiting(conn, "jsonl_written_at", now)
     stored = conn.execute(select(func.count()).select_from(outbox)).scalar_one()
-    open_records = conn.execute(select(func.count()).select_from(record)).scalar_one()
     return {
-        "unpublished": int(unpublished),
-        "oldest_unpublished_age_seconds": round(max(0.0, now - oldest), 3) if oldest is not None else None,
-        "unwritten_to_jsonl_files": int(unwritten),
+        "unpublished": unpublished,
+        "oldest_unpublished_age_seconds": oldest_age,
+        "unwritten_to_jsonl_files": unwritten,
         "cdrs_stored": int(stored),
-        "open_records": int(open_records),
+        "open_records": open_record_count(conn),
     }

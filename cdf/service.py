@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 from sqlalchemy import Connection
 
+from cdf import queries
 from cdf.api import CdfApi
 from cdf.assembly import Assembler, AssemblyConfig
 from cdf.bx.writer import BxFileWriter
@@ -24,7 +25,9 @@ from cdf.sweeper import Sweeper
 from charging.cdr import Cdr
 from charging.db import GroupCommitter
 from charging.diameter.constants import AppId, Command
+from charging.metrics import Sampled
 from charging.service import ServiceContext
+from charging.tasks import Periodic
 from charging.web import OpenApi
 
 log = logging.getLogger("charging.cdf")
@@ -45,16 +48,16 @@ def assembly_config(settings: CdfSettings) -> AssemblyConfig:
     )
 
 
-def sink_marks(ctx: ServiceContext) -> list[str]:
-    """The outbox columns that must all be set before a CDR past retention may be deleted."""
+def sink_marks(ctx: ServiceContext) -> dict[str, str]:
+    """The enabled sinks and the outbox column each sets: all must be set before a CDR past retention goes."""
     settings = ctx.settings.cdf
-    marks = []
+    marks = {}
     if settings.publish:
-        marks.append("published_at")
+        marks["kafka"] = "published_at"
     if settings.files_enabled:
-        marks.append("jsonl_written_at")
+        marks["jsonl"] = "jsonl_written_at"
     if ctx.settings.bx.enabled:  # the TS 32.297 writer (cdf.bx)
-        marks.append("file_written_at")
+        marks["bx"] = "file_written_at"
     return marks
 
 
@@ -83,7 +86,7 @@ class CdfService:
             interval=settings.sweep_interval_seconds,
             batch=settings.sweep_batch,
             retention_seconds=settings.retention_days * 86_400,
-            marks=sink_marks(ctx),
+            marks=list(sink_marks(ctx).values()),
             on_cdrs=self._closed,
         )
         # A lease belongs to this process, not to the node id: two processes configured with one node id
@@ -135,7 +138,14 @@ class CdfService:
             )
         self.api = CdfApi(ctx.engine, ctx.clock, settings.home_iois, self.sink_states)
         self._cdrs = ctx.metrics.counter("cdf_cdrs_total", "CDRs closed, by cause for record closing", ["cause"])
-        ctx.metrics.gauge("cdf_outbox_published_total", "CDRs the publisher sent and marked", read=self._published)
+        ctx.metrics.counter("cdf_outbox_published_total", "CDRs the publisher sent and marked", read=self._published)
+        self.state = Sampled(ctx.metrics, "cdf_state")
+        self.state.gauge("cdf_open_records", "records of sessions still open (no STOP yet)")
+        self.state.gauge("cdf_outbox_backlog", "closed CDRs a sink has not delivered yet", ["sink"])
+        self.state.gauge("cdf_outbox_oldest_waiting_seconds", "age of the oldest CDR a sink holds back", ["sink"])
+        self._sampling = Periodic(
+            "cdf-state", ctx.settings.http.metrics_sample_seconds, self.sample_state, first_at_once=True
+        )
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- wiring ----------------------------------------------------------------------------------------------
@@ -174,17 +184,39 @@ class CdfService:
             },
         }
 
+    async def sample_state(self) -> None:
+        """Count what /metrics shows of the database's state (through the writer, like every CDF statement)."""
+        marks = sink_marks(self.ctx)
+        now = self.clock.now()
+
+        def read(conn: Connection) -> dict[str, float | list[tuple[tuple[str, ...], float]]]:
+            backlog: list[tuple[tuple[str, ...], float]] = []
+            oldest: list[tuple[tuple[str, ...], float]] = []
+            for sink, column in marks.items():
+                count, age = queries.waiting(conn, column, now)
+                backlog.append(((sink,), count))
+                oldest.append(((sink,), age or 0.0))
+            return {
+                "cdf_open_records": queries.open_record_count(conn),
+                "cdf_outbox_backlog": backlog,
+                "cdf_outbox_oldest_waiting_seconds": oldest,
+            }
+
+        self.state.update(now, await self.committer.run(read))
+
     # -- the Service contract ---------------------------------------------------------------------------------
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self.committer.start()
         self.sweeper.start()
+        self._sampling.start()
         for sink in self._sinks():
             sink.start()
         if self.bx is not None:
             self.bx.start()
 
     async def stop(self) -> None:
+        await self._sampling.stop()
         await self.sweeper.stop()
         await self.writer.drain()
         # The sinks' last rounds write through the committer, which needs this loop: stop them off it.

@@ -8,8 +8,6 @@ delivered CDRs past their retention.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 
@@ -17,6 +15,7 @@ from cdf.store import CdfStore
 from charging.cdr import Cdr
 from charging.clock import Clock
 from charging.db import DatabaseUnavailable, GroupCommitter
+from charging.tasks import Periodic
 
 log = logging.getLogger("charging.cdf")
 
@@ -44,7 +43,7 @@ class Sweeper:
         self.retention = retention_seconds
         self.marks = marks  # the outbox columns every enabled sink marks: a CDR is purged once all are set
         self.on_cdrs = on_cdrs
-        self._task: asyncio.Task[None] | None = None
+        self._rounds = Periodic("cdf-sweeper", interval, self._round)
         self._last_purge: float | None = None
         self.closed_total = 0
         self.database_ok = True  # whether the last sweep reached the database
@@ -71,28 +70,19 @@ class Sweeper:
         return acrs, cdrs
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="cdf-sweeper")
+        self._rounds.start()
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._rounds.stop()
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                await self.sweep()
-                self.database_ok = True
-                now = self.clock.now()
-                if self._last_purge is None or now - self._last_purge >= PURGE_EVERY_SECONDS:
-                    self._last_purge = now
-                    await self.purge()
-            except DatabaseUnavailable as exc:
-                self.database_ok = False
-                log.warning("sweep skipped, database unavailable: %s", exc)
-            except Exception:
-                log.exception("sweep failed")
+    async def _round(self) -> None:
+        try:
+            await self.sweep()
+            self.database_ok = True
+            now = self.clock.now()
+            if self._last_purge is None or now - self._last_purge >= PURGE_EVERY_SECONDS:
+                self._last_purge = now
+                await self.purge()
+        except DatabaseUnavailable as exc:
+            self.database_ok = False
+            log.warning("sweep skipped, database unavailable: %s", exc)

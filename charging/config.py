@@ -91,6 +91,8 @@ class HttpSettings(_Section):
     read_tokens: list[str] = Field(default_factory=list)
     admin_tokens: list[str] = Field(default_factory=list)
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
+    # how often the services count their state in the database (open sessions, outbox backlog) for /metrics
+    metrics_sample_seconds: float = Field(default=15.0, gt=0)
 
 
 class LoggingSettings(_Section):

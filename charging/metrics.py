@@ -10,7 +10,7 @@ from __future__ import annotations
 import bisect
 import math
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 LabelValues = tuple[str, ...]
 
@@ -57,12 +57,21 @@ class _Metric:
         raise NotImplementedError
 
 
+Read = Callable[[], Iterable[tuple[LabelValues, float]] | float]
+
+
+def _read_samples(read: Read) -> list[tuple[LabelValues, float]]:
+    got = read()
+    return [((), float(got))] if isinstance(got, int | float) else [(tuple(k), v) for k, v in got]
+
+
 class Counter(_Metric):
     kind = "counter"
 
-    def __init__(self, name: str, help_text: str, labels: Sequence[str] = ()) -> None:
+    def __init__(self, name: str, help_text: str, labels: Sequence[str] = (), read: Read | None = None) -> None:
         super().__init__(name, help_text, labels)
         self._values: dict[LabelValues, float] = {}
+        self._read = read  # a total some component already keeps (e.g. CDRs a sink delivered)
 
     def inc(self, *labels: str, amount: float = 1.0) -> None:
         key = self._key(labels)
@@ -73,8 +82,11 @@ class Counter(_Metric):
         return self._values.get(self._key(labels), 0.0)
 
     def samples(self) -> list[str]:
-        with self._lock:
-            items = sorted(self._values.items())
+        if self._read is not None:
+            items = _read_samples(self._read)
+        else:
+            with self._lock:
+                items = sorted(self._values.items())
         return [f"{self.name}{_labels(self.label_names, k)} {_number(v)}" for k, v in items]
 
 
@@ -86,7 +98,7 @@ class Gauge(_Metric):
         name: str,
         help_text: str,
         labels: Sequence[str] = (),
-        read: Callable[[], Iterable[tuple[LabelValues, float]] | float] | None = None,
+        read: Read | None = None,
     ) -> None:
         super().__init__(name, help_text, labels)
         self._values: dict[LabelValues, float] = {}
@@ -98,8 +110,7 @@ class Gauge(_Metric):
 
     def samples(self) -> list[str]:
         if self._read is not None:
-            got = self._read()
-            items = [((), float(got))] if isinstance(got, int | float) else [(tuple(k), v) for k, v in got]
+            items = _read_samples(self._read)
         else:
             with self._lock:
                 items = sorted(self._values.items())
@@ -159,8 +170,8 @@ class Registry:
         self._metrics[metric.name] = metric
         return metric
 
-    def counter(self, name: str, help_text: str, labels: Sequence[str] = ()) -> Counter:
-        metric = self._add(Counter(name, help_text, labels))
+    def counter(self, name: str, help_text: str, labels: Sequence[str] = (), read: Read | None = None) -> Counter:
+        metric = self._add(Counter(name, help_text, labels, read))
         assert isinstance(metric, Counter)
         return metric
 
@@ -169,7 +180,7 @@ class Registry:
         name: str,
         help_text: str,
         labels: Sequence[str] = (),
-        read: Callable[[], Iterable[tuple[LabelValues, float]] | float] | None = None,
+        read: Read | None = None,
     ) -> Gauge:
         metric = self._add(Gauge(name, help_text, labels, read))
         assert isinstance(metric, Gauge)
@@ -188,3 +199,37 @@ class Registry:
             lines += metric.header()
             lines += metric.samples()
         return "\n".join(lines) + "\n"
+
+
+class Sampled:
+    """Gauges of a service's state in the database (open sessions, outbox backlog), sampled every so often.
+
+    A sampling round (the service's, run where its database work runs) calls ``update``; a scrape prints
+    the last values and never waits for the database.  ``<prefix>_sampled_at_seconds`` says how fresh they
+    are, so a stalled sampler shows up on a dashboard rather than as flat lines.
+    """
+
+    def __init__(self, registry: Registry, prefix: str) -> None:
+        self._registry = registry
+        self._values: dict[str, list[tuple[LabelValues, float]]] = {}
+        self._lock = threading.Lock()
+        registry.gauge(
+            f"{prefix}_sampled_at_seconds",
+            "Unix time of the last sample of the state gauges",
+            read=lambda: self._get(""),
+        )
+
+    def gauge(self, name: str, help_text: str, labels: Sequence[str] = ()) -> None:
+        self._registry.gauge(name, help_text, labels, read=lambda: self._get(name))
+
+    def _get(self, name: str) -> list[tuple[LabelValues, float]]:
+        with self._lock:
+            return list(self._values.get(name, []))
+
+    def update(self, at: float, values: Mapping[str, float | list[tuple[LabelValues, float]]]) -> None:
+        unlabelled: LabelValues = ()
+        new: dict[str, list[tuple[LabelValues, float]]] = {"": [(unlabelled, at)]}
+        for name, value in values.items():
+            new[name] = [(unlabelled, float(value))] if isinstance(value, int | float) else list(value)
+        with self._lock:
+            self._values = new

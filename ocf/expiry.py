@@ -10,14 +10,13 @@ priced by tariff versions that took effect since the previous round.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 
 from sqlalchemy import Connection
 
 from charging.clock import Clock
 from charging.db import GroupCommitter
+from charging.tasks import Periodic
 from ocf.credit import Session
 from ocf.provisioning import reauth_for_tariffs, tariffs_effective_between
 from ocf.settings import OcfSettings
@@ -33,7 +32,7 @@ class Sweeper:
         self.settings = settings
         self.clock = clock
         self._last: float | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._rounds = Periodic("ocf-sweeper", settings.sweep_interval_seconds, self.sweep, first_at_once=True)
         self.expired_total = 0
 
     async def sweep(self, now: float | None = None) -> list[Session]:
@@ -61,20 +60,7 @@ class Sweeper:
         return expired
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="ocf-sweeper")
+        self._rounds.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self.sweep()
-            except Exception:
-                log.exception("sweep of silent sessions failed")
-            await asyncio.sleep(self.settings.sweep_interval_seconds)
+        await self._rounds.stop()

@@ -9,15 +9,17 @@ from aiohttp import web
 from sqlalchemy import Connection
 
 from charging.db import DatabaseUnavailable, GroupCommitter
+from charging.metrics import Sampled
 from charging.service import ServiceContext
+from charging.tasks import Periodic
 from charging.web import OpenApi
 from ocf import pg
 from ocf.api import OcfApi
 from ocf.control import CreditControl, CreditRequest
 from ocf.expiry import Sweeper
 from ocf.server import AnswerEncoder, OcfServer
-from ocf.store import Batcher, CreditStore, Outcome, Settle, committed
-from ocf.teardown import Teardown
+from ocf.store import Batcher, CreditStore, Outcome, Settle, committed, open_session_state
+from ocf.teardown import ABORT, REAUTH, Teardown
 
 log = logging.getLogger("charging.ocf")
 
@@ -70,6 +72,25 @@ class OcfService:
         metrics.gauge("ocf_replayed_answers", "repeated CCRs answered from the store", read=lambda: self.store.replays)
         metrics.gauge("ocf_expired_sessions", "sessions released after Tcc", read=lambda: self.sweeper.expired_total)
         metrics.gauge("ocf_db_transactions", "transactions of the OCF's CCR writers", read=lambda: self.transactions)
+        self.state = Sampled(metrics, "ocf_state")
+        self.state.gauge("ocf_open_sessions", "credit-control sessions open (ECUR and SCUR)")
+        self.state.gauge("ocf_reserved_money", "money held by the reservations of open sessions, in minor units")
+        self.state.gauge("ocf_pending_actions", "sessions waiting for an ASR or RAR to be sent", ["action"])
+        self._sampling = Periodic(
+            "ocf-state", ctx.settings.http.metrics_sample_seconds, self.sample_state, first_at_once=True
+        )
+
+    async def sample_state(self) -> None:
+        """Count what /metrics shows of the database's state, through the writer thread."""
+        opened, held, pending = await self.committer.run(open_session_state)
+        self.state.update(
+            self.clock.now(),
+            {
+                "ocf_open_sessions": opened,
+                "ocf_reserved_money": held,
+                "ocf_pending_actions": [((action,), float(pending.get(action, 0))) for action in (ABORT, REAUTH)],
+            },
+        )
 
     def _settle(self, conn: Connection, requests: list[CreditRequest]) -> list[Outcome]:
         outcomes = self.store.settle_batch(conn, requests, self.clock.now())
@@ -110,9 +131,11 @@ class OcfService:
         self.committer.start()
         self.sweeper.start()
         self.teardown.start()
+        self._sampling.start()
 
     async def stop(self) -> None:
         self._running = False
+        await self._sampling.stop()
         await self.sweeper.stop()
         await self.teardown.stop()
         await self.batcher.drain()

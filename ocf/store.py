@@ -198,6 +198,18 @@ def load_buckets(conn: Connection, account_ids: Iterable[int]) -> dict[int, list
     return out
 
 
+def open_session_state(conn: Connection) -> tuple[int, int, dict[str, int]]:
+    """Open sessions, the money their reservations hold, and sessions waiting for an ASR or RAR, by action."""
+    s = m.sessions.c
+    opened, held = conn.execute(
+        select(func.count(), func.coalesce(func.sum(s.reserved), 0)).where(s.state == "open")
+    ).one()
+    pending = conn.execute(
+        select(s.pending_action, func.count()).where(s.pending_action.is_not(None)).group_by(s.pending_action)
+    )
+    return int(opened), int(held), {str(action): int(count) for action, count in pending}
+
+
 def load_sessions(conn: Connection, session_ids: Iterable[str]) -> dict[str, Session]:
     wanted = list(set(session_ids))
     if not wanted:

@@ -12,7 +12,6 @@ left for that process.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +23,7 @@ from charging.db import GroupCommitter
 from charging.diameter import Message
 from charging.diameter.constants import AppId, ResultCode
 from charging.diameter.node import DiameterNode
+from charging.tasks import Periodic
 from ocf import models as m
 from ocf.control import Book, LedgerEntry, close_session
 from ocf.rating import Catalog
@@ -114,33 +114,17 @@ class Teardown:
         self.clock = clock
         self.poll_seconds = poll_seconds
         self.timeout = timeout
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._rounds = Periodic("ocf-teardown", poll_seconds, self.run_once, first_at_once=True)
         self.sent: dict[str, int] = {ABORT: 0, REAUTH: 0}
 
     def wake(self) -> None:
-        self._wake.set()
+        self._rounds.wake()
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="ocf-teardown")
+        self._rounds.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self.run_once()
-            except Exception:
-                log.exception("ASR/RAR round failed")
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_seconds)
+        await self._rounds.stop()
 
     async def run_once(self) -> int:
         """Send every pending ASR and RAR whose client is connected here; returns how many were sent."""

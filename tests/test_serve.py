@@ -198,6 +198,14 @@ async def test_serve_answers_diameter_and_http_and_sample_traces_reach_billing_a
         metrics = await (await http.get(f"{serve.http}/metrics")).text()
         assert 'charging_diameter_requests_total{command="ACA",result_code="2001"}' in metrics
         assert 'charging_diameter_requests_total{command="CCA",result_code="4012"}' in metrics
+        # The state gauges are sampled from the database at start and every metrics_sample_seconds.
+        for sampled in (
+            'cdf_outbox_backlog{sink="kafka"}',
+            "cdf_open_records",
+            "ocf_open_sessions",
+            "billing_consumer_lag",
+        ):
+            assert sampled in metrics, sampled
     assert serve.terminate() == 0
     assert "Traceback" not in serve.log()
     # Shutdown closed the open CDR file: the call's three records are in it, readable by `charging cdr decode`.
