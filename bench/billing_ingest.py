@@ -16,8 +16,9 @@ each time as a new consumer group from the earliest offset:
   batch while the store thread runs the previous one's transaction, which stores, rates, books
   usage and invoice lines; then that batch's offset commit).
 
-Both read with the same consumer settings (``charging.broker.consumer_config``) and the same
-``--batch`` records per poll.  Each clock starts with the first poll made once the consumer has
+Both read with the same consumer settings (``charging.broker.consumer_config``), the same
+``--batch`` records per poll, and the garbage-collector settings ``charging serve`` runs with
+(``charging.serve.tune_gc``).  Each clock starts with the first poll made once the consumer has
 joined its group, so the join (seconds, on tansu) is not counted but the fetch of the first
 records is (kafka-python fetches in its IO thread, so records often arrive between polls; records
 a poll brought before the clock started are left out of the rate), and stops when the last record
@@ -72,6 +73,7 @@ from billing.settings import BillingSettings
 from charging.broker import EmbeddedBroker, consumer_config, create_topic, producer_config
 from charging.cdr import CauseForRecordClosing, Cdr, InterOperatorIdentifiers, RecordType, cdr_id_for
 from charging.db import make_engine, migrate
+from charging.serve import tune_gc
 
 ACCOUNTS = 100
 PARTITIONS = 4
@@ -267,6 +269,7 @@ def _billing_process(
     engine = make_engine(url, schema=schema)
     consumer = _consumer(engine, bootstrap, topic, group, batch, f"bench-{os.getpid()}")
     consumer.open()
+    tune_gc()
     kafka = consumer._consumer  # the KafkaConsumer itself: only the benchmark holds a group back like this
     try:
         while not go.is_set():
@@ -387,6 +390,7 @@ def main(argv: list[str] | None = None) -> int:
         produce_seconds = fill_topic(bootstrap, topic, iter_cdrs(args.count))
         engine = prepare_database(url)
         schema = getattr(engine, "schema_for_cleanup", None)
+        tune_gc()  # as `charging serve` does once started; both consumers measured below run with it
         print(
             f"python {platform.python_version()}, {platform.machine()}, {cores} cores, database {url.split(':')[0]}, "
             f"{args.count} CDRs in 4 partitions (produced in {produce_seconds:.1f} s), batches of {args.batch}"
