@@ -284,3 +284,36 @@ async def test_stopping_the_gwf_ends_the_calls_it_carries_and_reports_their_usag
     assert call.ccrs[-1]["Termination-Cause"] == ADMINISTRATIVE
     assert call.kinds()[-1] == "TERMINATION" and call.gwf.ro_log[-1].result == "2001"
     assert ocf_sqlite.balance(account) == (1000 - call.used(), 0)
+
+
+async def test_a_malformed_invite_over_udp_gets_400_and_nothing_is_charged(ocf: Ocf, start_gwf: GwfFactory) -> None:
+    gwf = await start_gwf(gwf_settings(ocf.port, free_port()))
+    loop = asyncio.get_running_loop()
+    replies: asyncio.Queue[bytes] = asyncio.Queue()
+
+    class Client(asyncio.DatagramProtocol):
+        def datagram_received(self, data: bytes, addr: Any) -> None:
+            replies.put_nowait(data)
+
+    transport, _ = await loop.create_datagram_endpoint(Client, local_addr=("127.0.0.1", 0))
+    try:
+        port = transport.get_extra_info("sockname")[1]
+        invite = (
+            f"INVITE sip:bob@127.0.0.1 SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:{port};rport;branch=z9hG4bK-bad1\r\n"
+            "Max-Forwards: 70\r\n"
+            f"From: <{ALICE}>;tag=a1\r\n"
+            "To: <sip:bob@ims.test>\r\n"
+            "Call-ID: malformed-1\r\n"
+            "CSeq: 1 INVITE\r\n"
+            "Content-Length: many\r\n\r\n"
+        )
+        assert gwf.udp_port is not None
+        transport.sendto(invite.encode(), ("127.0.0.1", gwf.udp_port))
+        reply = await asyncio.wait_for(replies.get(), 5.0)
+    finally:
+        transport.close()
+    assert reply.startswith(b"SIP/2.0 400 ")
+    assert b"Call-ID: malformed-1\r\n" in reply
+    assert not gwf.ro_log  # no CCR for it
+    assert gwf.sent_requests("INVITE") == []

@@ -442,3 +442,56 @@ def test_a_dialog_that_passes_the_as_twice_is_two_calls_told_apart_by_our_record
     out = p.receive(back, scscf, 5.1)
     assert [o.call for o in out if isinstance(o, CallEnded)] == [term]
     assert only_request(out, "BYE").dest == CALLEE
+
+
+def raw_invite(*replace: tuple[str, str], method: str = "INVITE", version: str = "SIP/2.0") -> bytes:
+    """An INVITE as bytes, with header lines replaced (name -> whole new line; "" drops the line)."""
+    lines = [
+        f"{method} sip:bob@{ME}:5060 {version}",
+        "Via: SIP/2.0/UDP 192.0.2.1:5062;branch=z9hG4bK-caller1, SIP/2.0/UDP 192.0.2.99;branch=z9hG4bK-up",
+        "Max-Forwards: 70",
+        "From: Alice <sip:alice@example.net>;tag=alice1",
+        "To: Bob <sip:bob@example.net>",
+        "Call-ID: call-bad",
+        f"CSeq: 1 {method}",
+        "Contact: <sip:alice@192.0.2.1:5062>",
+    ]
+    for name, line in replace:
+        lines = [line if existing.startswith(name + ":") else existing for existing in lines]
+    return ("\r\n".join(x for x in lines if x) + "\r\n\r\n").encode()
+
+
+def test_an_unparseable_request_is_answered_400_with_the_headers_a_response_copies() -> None:
+    p = proxy()
+    out = p.receive_data(raw_invite(("Contact", "Contact <sip:alice@192.0.2.1:5062>")), CALLER, 0.0)
+    [reply] = sent(out)
+    assert isinstance(reply.message, Response) and reply.message.status == 400
+    assert reply.dest == Addr("UDP", "192.0.2.1", 5062)  # the top Via's sent-by (no rport asked)
+    headers = reply.message.headers
+    assert headers.get_all("Via") == [
+        "SIP/2.0/UDP 192.0.2.1:5062;branch=z9hG4bK-caller1",
+        "SIP/2.0/UDP 192.0.2.99;branch=z9hG4bK-up",
+    ]
+    assert headers.get("From") == "Alice <sip:alice@example.net>;tag=alice1"
+    assert headers.get("To") == "Bob <sip:bob@example.net>"
+    assert headers.get("Call-ID") == "call-bad"
+    assert headers.get("CSeq") == "1 INVITE"
+    assert parse_message(reply.message.to_bytes()).status == 400  # type: ignore[union-attr]
+    assert (p.refused, p.dropped, p.calls) == (1, 0, {})  # nothing offered, nothing forwarded
+
+
+def test_the_refusal_says_505_for_another_sip_version_and_follows_rport() -> None:
+    p = proxy()
+    data = raw_invite(("Via", "Via: SIP/2.0/UDP 192.0.2.1:5062;rport;branch=z9hG4bK-c2"), version="SIP/3.0")
+    [reply] = sent(p.receive_data(data, Addr("UDP", "198.51.100.7", 40000), 0.0))
+    assert reply.message.status == 505  # type: ignore[union-attr]
+    assert reply.dest == Addr("UDP", "198.51.100.7", 40000)  # rport: back where it came from
+
+
+def test_unanswerable_messages_are_dropped_acks_garbage_and_requests_without_call_id() -> None:
+    p = proxy()
+    broken_ack = raw_invite(("Contact", "Contact <sip:alice@192.0.2.1:5062>"), method="ACK")
+    no_call_id = raw_invite(("Call-ID", ""), ("Contact", "Contact broken"))
+    for data in (broken_ack, no_call_id, b"\x00\x01 not sip at all\r\n\r\n", b"SIP/2.0 200\r\n\r\n"):
+        assert p.receive_data(data, CALLER, 0.0) == []
+    assert (p.dropped, p.refused) == (4, 0)

@@ -717,6 +717,45 @@ def parse_message(data: bytes) -> Request | Response:
     return msg
 
 
+def refusal(data: bytes, error: SipParseError) -> tuple[Response, Via | None] | None:
+    """The response to a request the parser refused (RFC 3261 16.3 and 8.2: 400, 505, 513), and its top Via
+    when that one parses, or None when no response can be built.
+
+    A response copies the request's Via, From, To, Call-ID and CSeq (8.2.6.2), so those must be readable
+    as header lines even though something else in the request is not; they are copied as they came.  An
+    ACK never gets a response, nor does anything that is not a request.
+    """
+    head = data[: MAX_HEADER_BYTES + 4]
+    end = head.find(b"\r\n\r\n")
+    lines = _unfold(head[: end if end >= 0 else len(head)].decode("utf-8", "replace").split("\r\n"))
+    while lines and not lines[0]:
+        lines.pop(0)
+    parts = lines[0].split(" ") if lines else []
+    if len(parts) != 3 or not parts[2].startswith("SIP/") or parts[0] == "ACK":
+        return None
+    if not parts[0] or not all(c.isalnum() or c in "-.!%*_+`'~" for c in parts[0]):
+        return None
+    copied: dict[str, list[str]] = {name: [] for name in _REQUIRED}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        canonical = canonical_name(name) if sep else ""
+        if canonical in copied:
+            values = split_outside(value, ",") if canonical == "Via" else [value]
+            copied[canonical].extend(v.strip() for v in values if v.strip())
+    if any(not values for values in copied.values()):
+        return None
+    headers = Headers()
+    for value in copied["Via"]:
+        headers.add("Via", value)
+    for name in ("From", "To", "Call-ID", "CSeq"):
+        headers.add(name, copied[name][0])
+    try:
+        top: Via | None = Via.parse(copied["Via"][0])
+    except SipParseError:
+        top = None
+    return Response(error.status, "", headers), top
+
+
 def _unfold(lines: list[str]) -> list[str]:
     """Join continuation lines (RFC 3261 7.3.1 header folding) to the line they continue."""
     out: list[str] = []

@@ -20,6 +20,7 @@ not resolve names with RFC 3263 (a hostname target is looked up as an A/AAAA rec
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ from charging.gwf.sip.message import (
     Via,
     make_response,
     parse_message,
+    refusal,
 )
 from charging.gwf.sip.transaction import (
     Addr,
@@ -63,6 +65,8 @@ from charging.gwf.sip.transaction import (
     TransportFailure,
     client_key,
 )
+
+log = logging.getLogger("charging.gwf.sip")
 
 ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, PRACK, INFO, MESSAGE, REFER, NOTIFY, SUBSCRIBE"
 
@@ -161,6 +165,7 @@ class Proxy:
         self._me = {(config.host.lower(), port) for port in config.ports.values()}
         self._me |= {(h.lower(), p) for h, p in config.aliases}
         self.dropped = 0  # messages discarded as unparseable or misrouted
+        self.refused = 0  # requests answered 400/505/513 because they could not be parsed
 
     # -- identity --------------------------------------------------------------------------------
     def is_me(self, uri: Uri) -> bool:
@@ -197,10 +202,26 @@ class Proxy:
     def receive_data(self, data: bytes, source: Addr, now: float) -> list[Output]:
         try:
             msg = parse_message(data)
-        except SipParseError:
-            self.dropped += 1  # RFC 3261 leaves unparseable messages unanswered when no response can be built
-            return []
+        except SipParseError as error:
+            return self._refuse(data, error, source)
         return self.receive(msg, source, now)
+
+    def _refuse(self, data: bytes, error: SipParseError, source: Addr) -> list[Output]:
+        """Answer a request the parser refused with 400/505/513 when a response can be built; else drop it."""
+        refused = refusal(data, error)
+        if refused is None:
+            self.dropped += 1  # not a request, an ACK, or no Via/From/To/Call-ID/CSeq to answer with
+            log.warning("SIP message from %s:%s dropped: %s", source.host, source.port, error)
+            return []
+        response, top = refused
+        self.refused += 1
+        log.warning("SIP request from %s:%s refused with %d: %s", source.host, source.port, response.status, error)
+        # RFC 3261 18.2.2 (and RFC 3581): over UDP to the port the top Via names unless it asked for rport;
+        # over a stream back on the connection the request came on.
+        port = source.port
+        if not source.reliable and top is not None and "rport" not in top.params:
+            port = top.port or 5060
+        return [Transmit(response, Addr(source.transport, source.host, port))]
 
     def receive(self, msg: Request | Response, source: Addr, now: float) -> list[Output]:
         if isinstance(msg, Request):
