@@ -55,7 +55,9 @@ def _outbox(args: argparse.Namespace) -> int:
 
 def _sweep(args: argparse.Namespace) -> int:
     settings = settings_from(args)
-    store = CdfStore(Assembler(assembly_config(settings.cdf)), settings.node_id)
+    store = CdfStore(
+        Assembler(assembly_config(settings.cdf)), settings.node_id, cache_size=settings.cdf.remembered_records
+    )
     closed = 0
     with engine_from(settings).begin() as conn:
         while True:

@@ -71,7 +71,7 @@ class CdfService:
         self.clock = ctx.clock
         self.committer = GroupCommitter(ctx.engine, name="cdf-writer")
         self.assembler = Assembler(assembly_config(settings))
-        self.store = CdfStore(self.assembler, ctx.node_id)
+        self.store = CdfStore(self.assembler, ctx.node_id, cache_size=settings.remembered_records)
         self.writer = AcrWriter(self.committer, self.store, max_batch=settings.max_batch, on_cdrs=self._closed)
         self.server: RfServer | None = None
         if ctx.node is not None:

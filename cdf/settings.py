@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+REMEMBERED_RECORDS = 20_000  # open records the CDF store keeps in memory by default
+
 
 class CdfSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -24,6 +26,9 @@ class CdfSettings(BaseModel):
     partial_max_changes: int = Field(default=0, ge=0)  # changes of media (containers) per record; 0: off
 
     max_batch: int = Field(default=512, ge=1, le=5000)  # ACRs written per database statement batch at most
+    # Open records kept in memory with their version, so that an INTERIM or STOP needs no read of its record
+    # (about 5 KB each); 0 reads every record from the database.
+    remembered_records: int = Field(default=REMEMBERED_RECORDS, ge=0)
 
     # Outbox publisher (Kafka topic and bootstrap come from the [kafka] section).
     publish: bool = True  # send outbox CDRs to Kafka; off: they stay in the outbox (and files)

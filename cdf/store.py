@@ -49,6 +49,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from cdf.acr import Acr
 from cdf.assembly import Assembler, ClosedRecord, RecordState, build_cdr
 from cdf.models import acr_log, lease, outbox
+from cdf.settings import REMEMBERED_RECORDS
 from charging.cdr import Cdr
 from charging.db import DatabaseUnavailable, GroupCommitter
 
@@ -58,8 +59,6 @@ RecordKey = tuple[str, str]  # (Origin-Host, Session-Id)
 AcrKey = tuple[str, str, int]  # (Session-Id, Origin-Host, Accounting-Record-Number)
 Known = tuple[int, RecordState]  # a record's version in the database, and its state
 RecordRow = tuple[RecordKey, int, RecordState, float]  # key, new version, state, due_at
-
-DEFAULT_CACHE_SIZE = 20_000  # records remembered; about 5 KB each
 
 
 class Verdict(enum.Enum):
@@ -364,7 +363,7 @@ class CdfStore:
     """
 
     def __init__(
-        self, assembler: Assembler, cdf_id: str, *, cache_size: int = DEFAULT_CACHE_SIZE, tag: str | None = None
+        self, assembler: Assembler, cdf_id: str, *, cache_size: int = REMEMBERED_RECORDS, tag: str | None = None
     ) -> None:
         self.assembler = assembler
         self.cdf_id = cdf_id

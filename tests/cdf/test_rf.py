@@ -272,3 +272,19 @@ async def test_with_the_database_unreachable_acrs_get_too_busy_nothing_is_stored
         engine.dispose()
         proxy.close()
         db.drop()
+
+
+@pytest.mark.parametrize(("remembered", "taken_from_memory", "read"), [(0, 0, 2), (20_000, 2, 0)])
+async def test_remembered_records_spare_the_reads_and_give_the_same_cdrs(
+    database: Database, remembered: int, taken_from_memory: int, read: int
+) -> None:
+    clock = ManualClock(T0)
+    async with running_cdf(database.engine, clock=clock, publish=False, remembered_records=remembered) as cdf:
+        async with ims_node(cdf.port, "scscf.test") as scscf:
+            for number, kind in enumerate(["START", "INTERIM", "STOP"]):
+                clock.advance(10)
+                aca = await send_acr(scscf, session_id="r;1", record_type=kind, record_number=number, icid=ICID)
+                assert aca["Result-Code"] == ResultCode.DIAMETER_SUCCESS
+        store = cdf.service.store
+        assert (store.records_remembered, store.records_read) == (taken_from_memory, read)  # INTERIM and STOP
+        assert [c.record_sequence_number for c in cdf.cdrs()] == [1, 2]
