@@ -1,10 +1,10 @@
 """A reusable asyncio Diameter load generator built on the project's own node as client.
 
 ``run_load`` opens ``connections`` client nodes (one TCP connection and one Origin-Host
-each) to a server, runs ``in_flight`` workers per connection, and has every worker play
-``scenario(ctx)`` over and over until ``seconds`` are up.  A scenario sends requests
-with ``await ctx.send(msg)``, which times each request and counts it; an answer whose
-Result-Code is not 2001 counts as an error unless the scenario says it expects it.
+each) to a server (or to several server processes in turn), runs ``in_flight`` workers per
+connection, and has every worker play ``scenario(ctx)`` over and over until ``seconds`` are up.
+A scenario sends requests with ``await ctx.send(msg)``, which times each request and counts it;
+an answer whose Result-Code is not 2001 counts as an error unless the scenario says it expects it.
 
 Figures reported: requests per second over the measured window, p50/p99 latency, errors.
 Used by ``bench/ocf_load.py``; the CDF benchmark can drive ACRs through it the same way.
@@ -17,7 +17,7 @@ import itertools
 import statistics
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from charging.diameter import Message
@@ -120,7 +120,7 @@ def client_hosts(connections: int, prefix: str = "client") -> list[str]:
 
 
 async def run_load(
-    server_port: int,
+    server_port: int | Sequence[int],
     server_host: str,
     scenario: Scenario,
     *,
@@ -131,7 +131,9 @@ async def run_load(
     timeout: float = 10.0,
 ) -> LoadResult:
     load = _Load(timeout)
-    nodes = [client(server_port, host, server_host) for host in client_hosts(connections)]
+    # Several ports: server processes sharing one database, the connections spread over them in turn.
+    ports = [server_port] if isinstance(server_port, int) else list(server_port)
+    nodes = [client(ports[i % len(ports)], host, server_host) for i, host in enumerate(client_hosts(connections))]
     for node in nodes:
         await node.start()
     deadline = time.monotonic() + 10

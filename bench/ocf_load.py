@@ -390,7 +390,7 @@ def finish(proc: subprocess.Popen[str]) -> str:
     return rest.strip()
 
 
-async def measure(port: int, args: argparse.Namespace, connections: int, in_flight: int) -> LoadResult:
+async def measure(port: int | list[int], args: argparse.Namespace, connections: int, in_flight: int) -> LoadResult:
     return await run_load(
         port,
         SERVER_HOST,
@@ -415,6 +415,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--postgres", default=POSTGRES_URL)
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="OCF processes sharing the database, the connections spread over them (the baseline stays one)",
+    )
+    parser.add_argument(
         "--writers", type=int, default=OcfSettings().writers, help="the OCF's concurrent CCR transactions"
     )
     parser.add_argument(
@@ -438,32 +444,38 @@ def main(argv: list[str] | None = None) -> int:
 
     schema = prepare_database(args.postgres, args.subscribers)
     try:
-        proc, port = spawn(
-            [
-                "--postgres",
-                args.postgres,
-                "--writers",
-                str(args.writers),
-                "--serve-ocf",
-                schema,
-                "0",
-                *([] if args.tune_gc else ["--no-tune-gc"]),
-            ]
-        )
+        servers = [
+            spawn(
+                [
+                    "--postgres",
+                    args.postgres,
+                    "--writers",
+                    str(args.writers),
+                    "--serve-ocf",
+                    schema,
+                    "0",
+                    *([] if args.tune_gc else ["--no-tune-gc"]),
+                ]
+            )
+            for _ in range(args.processes)
+        ]
         try:
-            ocf = asyncio.run(measure(port, args, args.connections, args.in_flight))
+            ocf = asyncio.run(measure([port for _, port in servers], args, args.connections, args.in_flight))
         finally:
-            tail = finish(proc)
+            tails = [finish(proc) for proc, _ in servers]
         books = check_books(args.postgres, schema)
     finally:
         drop_schema(args.postgres, schema)
     tuned = ", GC tuned" if args.tune_gc else ""
+    processes = f"{args.processes} OCF processes sharing the database, " if args.processes > 1 else ""
     print(
-        f"OCF ({args.connections} connections x {args.in_flight} in flight, PostgreSQL, "
+        f"OCF ({processes}{args.connections} connections x {args.in_flight} in flight, PostgreSQL, "
         f"{args.subscribers} accounts, writers: {args.writers}{tuned})"
     )
     print("  " + ocf.summary("OCF"))
-    print(f"  OCF process: {tail}; books after the run: {books}")
+    for tail in tails:
+        print(f"  OCF process: {tail}")
+    print(f"  books after the run: {books}")
     if ocf.error_samples:
         print(f"  error samples: {ocf.error_samples}")
     baseline = LoadResult()
