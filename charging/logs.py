@@ -40,6 +40,19 @@ class TextFormatter(logging.Formatter):
         return f"{base} {' '.join(extra)}" if extra else base
 
 
+class ClosingSocketRace(logging.Filter):
+    """kafka-python 3.0 (kafka.net.transport) can read from a connection that another path of the client has
+    just closed (its socket already None) and logs the AttributeError at ERROR with a traceback, typically
+    when a consumer leaves its group at shutdown.  The connection is being closed anyway and nothing is lost;
+    the record is kept, at DEBUG, so that an operator's ERROR lines mean something."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, AttributeError) and "'NoneType' object has no attribute" in str(error):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
 def setup_logging(level: str = "INFO", fmt: str = "json") -> None:
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
@@ -50,3 +63,6 @@ def setup_logging(level: str = "INFO", fmt: str = "json") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("kafka").setLevel(logging.WARNING)  # kafka-python is chatty at INFO
+    transport = logging.getLogger("kafka.net.transport")
+    if not any(isinstance(f, ClosingSocketRace) for f in transport.filters):
+        transport.addFilter(ClosingSocketRace())

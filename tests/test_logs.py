@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 
 from charging.diameter import Message
 from charging.diameter.node import _log_context
 from charging.diameter.peer import LocalIdentity, Peer
-from charging.logs import JsonFormatter
+from charging.logs import ClosingSocketRace, JsonFormatter, setup_logging
 
 
 def test_json_lines_carry_session_id_and_icid_from_extra() -> None:
@@ -41,3 +42,42 @@ def test_log_context_of_a_broken_request_does_not_raise() -> None:
     # A Session-Id AVP (263) whose length claims 64 octets where 8 remain.
     broken = Message.decode(bytes(header) + b"\x00\x00\x01\x07\x40\x00\x00\x40")
     assert _log_context(broken, Peer(LocalIdentity("cdf.test", "test"), "x")) == {"peer": "x"}
+
+
+def test_kafka_pythons_closed_socket_race_is_logged_at_debug_not_error() -> None:
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(JsonFormatter())
+    handler.setLevel(logging.INFO)
+    logger = logging.getLogger("test.kafka.net.transport")
+    logger.addHandler(handler)
+    logger.addFilter(ClosingSocketRace())
+    logger.propagate = False
+    try:
+        try:
+            None.recv(4096)  # type: ignore[attr-defined]  # what kafka-python's reader hits after a close
+        except AttributeError:
+            logger.exception("<KafkaTCPTransport [none] (closed)>: Error receiving network data closing socket")
+        try:
+            raise ConnectionResetError("reset by peer")
+        except ConnectionResetError:
+            logger.exception("<KafkaTCPTransport>: Error receiving network data closing socket")
+    finally:
+        logger.removeHandler(handler)
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [(line["level"], line["exception"].splitlines()[-1]) for line in lines] == [
+        ("ERROR", "ConnectionResetError: reset by peer")  # any other error still is one
+    ]
+
+
+def test_setup_logging_puts_the_filter_on_kafka_pythons_transport_logger_once() -> None:
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        setup_logging("INFO", "json")
+        setup_logging("INFO", "text")
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+    filters = logging.getLogger("kafka.net.transport").filters
+    assert len([f for f in filters if isinstance(f, ClosingSocketRace)]) == 1
