@@ -11,6 +11,7 @@ raise like the rest.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 
 from charging.diameter.constants import ResultCode
@@ -18,7 +19,6 @@ from charging.diameter.dictionary import DICTIONARY, MANDATORY_MUST, MANDATORY_M
 from charging.diameter.errors import DiameterError
 from charging.diameter.message import (
     _AVP_HEADER,
-    _U32,
     AVP_FLAG_MANDATORY,
     AVP_FLAG_VENDOR,
     FLAG_ERROR,
@@ -52,8 +52,11 @@ def _example_avp(name: str, dictionary: Dictionary) -> Avp:
 
 Decoder = Callable[[bytes, int, int], object]
 # Per AVP key in a container: (definition, fixed size / _GROUPED / -1, value decoder to validate text,
-# the rule of a grouped AVP, flag mask, expected flags under the mask, named by the container's ABNF).
-_Info = tuple[AvpDef | None, int, Decoder | None, Rule | None, int, int, bool]
+# the rule of a grouped AVP, flag mask, expected flags under the mask, known and named by the container's
+# ABNF (the fast path), counted (the ABNF bounds how often it occurs)).
+_Info = tuple[AvpDef | None, int, Decoder | None, Rule | None, int, int, bool, bool]
+
+_AVP_HEADER_VENDOR = struct.Struct(">III")
 
 # A grouped AVP on the way down to the one being checked: (code, flags, vendor, offset, length) in the buffer.
 Parent = tuple[int, int, int, int, int]
@@ -121,8 +124,10 @@ class Validator:
 
     def _info(self, key: int, rule: Rule | None, table: dict[int, _Info]) -> _Info:
         defn = self.dictionary.by_key.get(key)
+        entry = rule.by_key.get(key) if rule is not None else None
+        counted = entry is not None and (entry.minimum > 0 or entry.maximum is not None)
         if defn is None:
-            info: _Info = (None, _UNKNOWN, None, None, 0, 0, False)
+            info: _Info = (None, _UNKNOWN, None, None, 0, 0, False, counted)
         else:
             size, decoder = _value_check(defn.type_name)
             if defn.mandatory == MANDATORY_MUST:
@@ -132,7 +137,7 @@ class Validator:
             else:
                 mask, expect = _RESERVED_AVP_BITS, 0
             allowed = rule is None or rule.any_avp or key in rule.by_key
-            info = (defn, size, decoder, defn.rule, mask, expect, allowed)
+            info = (defn, size, decoder, defn.rule, mask, expect, allowed, counted)
         table[key] = info
         return info
 
@@ -150,22 +155,28 @@ class Validator:
         and descend into grouped AVPs.  The loop is the hot path of every request: anything unusual
         leaves it for ``_unusual``."""
         unpack = _AVP_HEADER.unpack_from
+        unpack_vendor = _AVP_HEADER_VENDOR.unpack_from
         table = self._table(rule)
-        counts: dict[int, int] = {}
+        counts: dict[int, int] = {}  # only the AVPs whose occurrences the ABNF bounds
         found = 0
         offset = start
         while offset < end:
-            if end - offset < 8:
+            # One unpack reads the vendor id too when there is room for it (most 3GPP AVPs have one).
+            if end - offset >= 12:
+                code, flags_length, vendor = unpack_vendor(buf, offset)
+            elif end - offset >= 8:
+                code, flags_length = unpack(buf, offset)
+                vendor = -1
+            else:
                 raise DiameterError(5014, "truncated AVP header", _wrap(path, _raw_avp(buf, offset, 8, end)))
-            code, flags_length = unpack(buf, offset)
             flags = flags_length >> 24
             length = flags_length & 0xFFFFFF
             if flags & AVP_FLAG_VENDOR:
-                if length < 12 or end - offset < 12:
+                if length < 12 or vendor < 0:
                     raise DiameterError(
                         5014, f"AVP {code}: length {length} too short", _wrap(path, _raw_avp(buf, offset, 12, end))
                     )
-                key = code | (_U32.unpack_from(buf, offset + 8)[0] << 32)
+                key = code | (vendor << 32)
                 data = offset + 12
             else:
                 if length < 8:
@@ -187,8 +198,8 @@ class Validator:
             info = table.get(key)
             if info is None:
                 info = self._info(key, rule, table)
-            defn, size, decoder, sub_rule, mask, expect, allowed = info
-            if (defn is None or flags & mask != expect or not allowed) and not self._unusual(
+            defn, size, decoder, sub_rule, mask, expect, fast, counted = info
+            if (not fast or flags & mask != expect) and not self._unusual(
                 buf, here, length, end, key, flags, info, path, notes
             ):
                 continue  # an unknown AVP without the M bit: kept, not checked
@@ -212,7 +223,8 @@ class Validator:
                     raise DiameterError(
                         exc.result_code, f"{defn.name}: {exc}", _wrap(path, _raw_avp(buf, here, length, end))
                     ) from exc
-            counts[key] = counts.get(key, 0) + 1
+            if counted:
+                counts[key] = counts.get(key, 0) + 1
         if rule is None:
             return
         if found < rule.any_minimum:
@@ -257,7 +269,7 @@ class Validator:
         notes: list[str],
     ) -> bool:
         """An unknown AVP, odd flag bits or an AVP the ABNF does not name; False: skip the AVP."""
-        defn, _, _, _, _, _, allowed = info
+        defn, _, _, _, _, _, allowed, _ = info
         code, vendor = key & 0xFFFFFFFF, key >> 32
         if flags & _RESERVED_AVP_BITS:
             self._deviate(notes, ResultCode.DIAMETER_INVALID_AVP_BITS, f"AVP {code}: reserved bits set", None)
