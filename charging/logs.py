@@ -44,12 +44,15 @@ class ClosingSocketRace(logging.Filter):
     """kafka-python 3.0 (kafka.net.transport) can read from a connection that another path of the client has
     just closed (its socket already None) and logs the AttributeError at ERROR with a traceback, typically
     when a consumer leaves its group at shutdown.  The connection is being closed anyway and nothing is lost;
-    the record is kept, at DEBUG, so that an operator's ERROR lines mean something."""
+    the record is kept at DEBUG (and dropped unless the logger shows DEBUG), so that an operator's ERROR
+    lines mean something."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
         if isinstance(error, AttributeError) and "'NoneType' object has no attribute" in str(error):
             record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            # The logger's level was checked before this filter ran; handlers usually take every level.
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
         return True
 
 

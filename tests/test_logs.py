@@ -47,9 +47,9 @@ def test_log_context_of_a_broken_request_does_not_raise() -> None:
 def test_kafka_pythons_closed_socket_race_is_logged_at_debug_not_error() -> None:
     out = io.StringIO()
     handler = logging.StreamHandler(out)
-    handler.setFormatter(JsonFormatter())
-    handler.setLevel(logging.INFO)
+    handler.setFormatter(JsonFormatter())  # and no level of its own, as setup_logging's handler
     logger = logging.getLogger("test.kafka.net.transport")
+    logger.setLevel(logging.WARNING)  # as setup_logging leaves kafka-python's loggers
     logger.addHandler(handler)
     logger.addFilter(ClosingSocketRace())
     logger.propagate = False
@@ -62,11 +62,17 @@ def test_kafka_pythons_closed_socket_race_is_logged_at_debug_not_error() -> None
             raise ConnectionResetError("reset by peer")
         except ConnectionResetError:
             logger.exception("<KafkaTCPTransport>: Error receiving network data closing socket")
+        logger.setLevel(logging.DEBUG)  # someone debugging kafka-python still sees it
+        try:
+            None.recv(4096)  # type: ignore[attr-defined]
+        except AttributeError:
+            logger.exception("<KafkaTCPTransport [none] (closed)>: Error receiving network data closing socket")
     finally:
         logger.removeHandler(handler)
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
     assert [(line["level"], line["exception"].splitlines()[-1]) for line in lines] == [
-        ("ERROR", "ConnectionResetError: reset by peer")  # any other error still is one
+        ("ERROR", "ConnectionResetError: reset by peer"),  # any other error still is one
+        ("DEBUG", "AttributeError: 'NoneType' object has no attribute 'recv'"),
     ]
 
 

@@ -312,4 +312,10 @@ def test_a_rebalance_while_a_batch_is_being_stored_loses_and_duplicates_nothing(
     expected = sum(6 * math.ceil(c.duration_seconds / 60) + 5 for c in calls)  # 6 a started minute, 5 set-up
     state = _books_state(books.engine)
     assert state[2] == expected and state[4] == expected  # the charges, and the usage booked
-    assert _committed(kafka, topic, group) == 120
+    # Offsets never run ahead of what is stored.  They may stop short: a batch whose offset commit raced
+    # a member leaving goes to the partition's next owner, which finds its CDRs stored and changes nothing.
+    assert _committed(kafka, topic, group) <= 120
+    with running(slow("third")) as third:
+        wait_until(lambda: _committed(kafka, topic, group) == 120, what="the group's offsets at the end")
+    assert third.totals.stored == 0
+    assert _books_state(books.engine) == state
