@@ -192,7 +192,7 @@ def _members(group: AvpContainer) -> tuple[dict[str, list[Any]], dict[str, Avp]]
     values: dict[str, list[Any]] = {}
     first: dict[str, Avp] = {}
     for avp in group:
-        name = _MEMBER_BY_KEY.get(avp.code | (avp.vendor_id << 32))
+        name = _MEMBER_BY_KEY.get(avp.key)
         if name is None:
             continue
         if name in values:
@@ -231,7 +231,7 @@ def read_acr(msg: Message, received_at: float) -> Acr:
     """The general reader: through the message's AVP objects; raises the RFC 6733 answers."""
     top: dict[str, Any] = {}
     for avp in msg:  # one pass; the first instance of each counts
-        name = _TOP_BY_KEY.get(avp.code | (avp.vendor_id << 32))
+        name = _TOP_BY_KEY.get(avp.key)
         if name is not None and name not in top:
             top[name] = avp.value
     record_type_value = top["Accounting-Record-Type"]
@@ -282,20 +282,8 @@ def read_acr(msg: Message, received_at: float) -> Acr:
         values = members.get(name)
         if values:
             extensions[key] = [_text(v) for v in values] if len(values) > 1 else _text(values[0])
-    interval = top.get("Acct-Interim-Interval")
     return Acr(
-        session_id=top["Session-Id"],
-        origin_host=top["Origin-Host"],
-        origin_realm=top["Origin-Realm"],
-        record_type=record_type,
-        record_number=int(top["Accounting-Record-Number"]),
-        received_at=received_at,
-        node_functionality=functionality,
-        event_time=_unix(top.get("Event-Timestamp")),
-        interim_interval=int(interval) if interval is not None else None,
-        retransmitted=msg.is_retransmit,
-        user_name=top.get("User-Name"),
-        service_context_id=top.get("Service-Context-Id"),
+        **_header_fields(msg, top, record_type, received_at, functionality),
         subscription_ids=tuple(
             (_enum_name("Subscription-Id-Type", s.get("Subscription-Id-Type")) or "", s.get("Subscription-Id-Data", ""))
             for s in service.all("Subscription-Id")
@@ -321,6 +309,27 @@ def read_acr(msg: Message, received_at: float) -> Acr:
         access_network_information=tuple(_text(v) for v in every("Access-Network-Information")),
         extensions=extensions,
     )
+
+
+def _header_fields(
+    msg: Message, top: dict[str, Any], record_type: AcrType, received_at: float, functionality: str | None
+) -> dict[str, Any]:
+    """The fields of an Acr that its command-level AVPs give: both readers take them the same way."""
+    interval = top.get("Acct-Interim-Interval")
+    return {
+        "session_id": top["Session-Id"],
+        "origin_host": top["Origin-Host"],
+        "origin_realm": top["Origin-Realm"],
+        "record_type": record_type,
+        "record_number": int(top["Accounting-Record-Number"]),
+        "received_at": received_at,
+        "node_functionality": functionality,
+        "event_time": _unix(top.get("Event-Timestamp")),
+        "interim_interval": int(interval) if interval is not None else None,
+        "retransmitted": msg.is_retransmit,
+        "user_name": top.get("User-Name"),
+        "service_context_id": top.get("Service-Context-Id"),
+    }
 
 
 # -- the fast reader ----------------------------------------------------------------------------------------
@@ -485,7 +494,7 @@ def _read_fast(msg: Message, received_at: float) -> Acr | None:
     top: dict[str, Any] = {}
     service: Avp | None = None
     for avp in msg:  # one pass; the first instance of each counts
-        key = avp.code | (avp.vendor_id << 32)
+        key = avp.key
         name = _TOP_BY_KEY.get(key)
         if name is None or name in top:
             continue
@@ -533,20 +542,8 @@ def _read_fast(msg: Message, received_at: float) -> Acr | None:
         if found:
             texts = [_text(_DECODE[key](buf, start, end)) for start, end in found]
             extensions[extension] = texts if len(texts) > 1 else texts[0]
-    interval = top.get("Acct-Interim-Interval")
     return Acr(
-        session_id=top["Session-Id"],
-        origin_host=top["Origin-Host"],
-        origin_realm=top["Origin-Realm"],
-        record_type=record_type,
-        record_number=int(top["Accounting-Record-Number"]),
-        received_at=received_at,
-        node_functionality=functionality,
-        event_time=_unix(top.get("Event-Timestamp")),
-        interim_interval=int(interval) if interval is not None else None,
-        retransmitted=msg.is_retransmit,
-        user_name=top.get("User-Name"),
-        service_context_id=top.get("Service-Context-Id"),
+        **_header_fields(msg, top, record_type, received_at, functionality),
         subscription_ids=_subscription_ids(buf, service_spans.get(_SUBSCRIPTION_ID)),
         role_of_node=_name(buf, get(_ROLE), _ROLE),
         icid=_str(buf, get(_ICID)),

@@ -158,6 +158,24 @@ def close_session(book: Book, account: Account, session: Session, now: float, st
     session.pending_action = None
 
 
+def release_session(book: Book, account: Account, session: Session, now: float, state: str, why: str) -> None:
+    """Close ``session`` without a debit (Tcc expiry, a client that no longer knows it) and put the release
+    in the account's ledger, saying ``why``."""
+    released = session.reserved
+    close_session(book, account, session, now, state)
+    book.ledger.append(
+        LedgerEntry(
+            account_id=account.id,
+            at=now,
+            kind="release",
+            amount=0,
+            balance_after=account.balance,
+            session_id=session.session_id,
+            note=f"{why}: {released} reserved released",
+        )
+    )
+
+
 class Refusal(Exception):
     """A request answered with a failure Result-Code before any state changed."""
 

@@ -275,7 +275,7 @@ class CcrReader:
 def _index(container: Message | AvpGroup) -> dict[int, list[Avp]]:
     out: dict[int, list[Avp]] = {}
     for avp in container:
-        key = avp.code | (avp.vendor_id << 32)
+        key = avp.key
         found = out.get(key)
         if found is None:
             out[key] = [avp]
@@ -290,7 +290,7 @@ def _first(avps: dict[int, list[Avp]], key: int) -> Any:
 
 
 _K = {
-    name: DICTIONARY.avp(name).code | (DICTIONARY.avp(name).vendor_id << 32)
+    name: DICTIONARY.avp(name).key
     for name in (
         "Session-Id",
         "Origin-Host",
@@ -321,8 +321,7 @@ Wanted = dict[int, bool]  # AVP key -> whether every instance is wanted
 
 
 def _key(name: str) -> int:
-    defn = DICTIONARY.avp(name)
-    return defn.code | (defn.vendor_id << 32)
+    return DICTIONARY.avp(name).key
 
 
 def _scan(buf: bytes, start: int, end: int, wanted: Wanted) -> Found | None:

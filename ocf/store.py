@@ -35,7 +35,7 @@ from sqlalchemy import Connection, Table, bindparam, delete, func, insert, selec
 from charging.db import DatabaseUnavailable, GroupCommitter
 from charging.diameter.constants import CcRequestType
 from ocf import models as m
-from ocf.control import Book, CreditAnswer, CreditControl, CreditRequest, LedgerEntry, close_session
+from ocf.control import Book, CreditAnswer, CreditControl, CreditRequest, LedgerEntry, release_session
 from ocf.credit import Account, Bucket, Quota, Session
 from ocf.rating import Catalog, Tariff
 
@@ -538,20 +538,7 @@ class CreditStore:
             for session in sessions.values():
                 if session.state != "open" or session.expires_at > now:
                     continue  # answered meanwhile
-                account = accounts[session.account_id]
-                released = session.reserved
-                close_session(book, account, session, now, "expired")
-                book.ledger.append(
-                    LedgerEntry(
-                        account_id=account.id,
-                        at=now,
-                        kind="release",
-                        amount=0,
-                        balance_after=account.balance,
-                        session_id=session.session_id,
-                        note=f"Tcc expired: {released} reserved released",
-                    )
-                )
+                release_session(book, accounts[session.account_id], session, now, "expired", "Tcc expired")
                 expired.append(session)
             write_book(conn, book, now)
         if retention >= 0:

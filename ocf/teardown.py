@@ -25,7 +25,7 @@ from charging.diameter.constants import AppId, ResultCode
 from charging.diameter.node import DiameterNode
 from charging.tasks import Periodic
 from ocf import models as m
-from ocf.control import Book, LedgerEntry, close_session
+from ocf.control import Book, release_session
 from ocf.rating import Catalog
 from ocf.store import load_buckets, load_sessions, lock_accounts, write_book
 
@@ -82,20 +82,7 @@ def close_unknown(conn: Connection, session_id: str, now: float) -> bool:
     if session is None or session.state != "open":
         return False
     book = Book(catalog=Catalog(), accounts=accounts, buckets=load_buckets(conn, accounts), sessions=sessions)
-    account = accounts[session.account_id]
-    released = session.reserved
-    close_session(book, account, session, now, "aborted")
-    book.ledger.append(
-        LedgerEntry(
-            account_id=account.id,
-            at=now,
-            kind="release",
-            amount=0,
-            balance_after=account.balance,
-            session_id=session_id,
-            note=f"client does not know the session: {released} reserved released",
-        )
-    )
+    release_session(book, accounts[session.account_id], session, now, "aborted", "client does not know the session")
     write_book(conn, book, now)
     return True
 

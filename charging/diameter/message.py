@@ -84,8 +84,13 @@ class Avp:
         return cls(code, flags, vendor_id, raw, 0, header_len, length)
 
     @property
+    def key(self) -> int:
+        """The dictionary's key of this AVP (``dictionary.avp_key``): code and vendor in one int."""
+        return self.code | (self.vendor_id << 32)
+
+    @property
     def definition(self) -> AvpDef | None:
-        return _BY_KEY.get(self.code | (self.vendor_id << 32))
+        return _BY_KEY.get(self.key)
 
     @property
     def name(self) -> str:
@@ -109,7 +114,7 @@ class Avp:
         """The decoded value: an int, str, bytes, datetime, address, or a group for Grouped."""
         value = self._value
         if value is _UNSET:
-            defn = _BY_KEY.get(self.code | (self.vendor_id << 32))
+            defn = _BY_KEY.get(self.key)
             value = self._decode(defn)
         return value
 

@@ -316,7 +316,7 @@ class Validator:
         notes: list[str],
     ) -> None:
         """More instances than the ABNF allows: tolerated when they all say the same, else 5009."""
-        instances = [a for a in parse_avps(buf, start, end) if (a.code | (a.vendor_id << 32)) == key]
+        instances = [a for a in parse_avps(buf, start, end) if a.key == key]
         failed = _wrap(path, instances[maximum].to_bytes())
         if all(a.data == instances[0].data for a in instances):
             self._deviate(
