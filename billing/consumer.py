@@ -252,22 +252,31 @@ class BillingConsumer:
         self._flight = None
         outcome = _outcome(flight)
         if outcome is None:
-            if polled is not None and polled.size:
-                self._rewind(polled.first_offsets)
-                polled.received.clear()
-                polled.rejected.clear()
-            # After a rebalance only the partitions kept throughout still stand where this batch left
-            # them; the others start again from their committed offsets.
-            kept = flight.kept
-            first = flight.batch.first_offsets
-            self._rewind({tp: offset for tp, offset in first.items() if kept is None or tp in kept})
+            self._take_again(flight, polled)
             time.sleep(self.settings.retry_seconds)
             return None
         if outcome.dead_letters or time.monotonic() >= self._dead_letters_due:
             self.publish_dead_letters()
-        self.commit(flight.batch, only=flight.kept)
+        if not self.commit(flight.batch, only=flight.kept):
+            # Stored, but the offsets did not stick (a rebalance was under way).  Where this consumer keeps
+            # the partitions it stands past the batch and would never commit it: take it again, so that it
+            # is skipped as stored and its offsets are committed then.
+            self._take_again(flight, polled)
         self._notify(outcome)
         return outcome
+
+    def _take_again(self, flight: _Flight, polled: Batch | None) -> None:
+        """Seek back to the batch in flight, and to ``polled`` (which is then dropped), so the next polls
+        deliver both again."""
+        if polled is not None and polled.size:
+            self._rewind(polled.first_offsets)
+            polled.received.clear()
+            polled.rejected.clear()
+        # After a rebalance only the partitions kept throughout still stand where this batch left
+        # them; the others start again from their committed offsets.
+        kept = flight.kept
+        first = flight.batch.first_offsets
+        self._rewind({tp: offset for tp, offset in first.items() if kept is None or tp in kept})
 
     def _wait_for_flight(self) -> None:
         """For the rebalance listener: the batch in the store thread is done when this returns."""
@@ -408,7 +417,7 @@ class BillingConsumer:
         except (CommitFailedError, KafkaError) as error:
             # Stored already; whoever gets these partitions next receives the batch again and skips it.
             log.warning(
-                "billing consumer %s: offset commit failed (%s); the batch will be redelivered", self.name, error
+                "billing consumer %s: offset commit failed (%s); the batch will be taken again", self.name, error
             )
             return False
         return True

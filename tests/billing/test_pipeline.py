@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from kafka import TopicPartition
+from kafka.errors import CommitFailedError
 from sqlalchemy import exc, select
 
 from billing import models
@@ -42,6 +43,7 @@ class StandInKafka:
         self.log: list[tuple[str, Any]] = []
         self.listener: _Rebalances | None = None
         self.rebalance_before_next_poll: tuple[set[TopicPartition], set[TopicPartition]] | None = None
+        self.refused_commits = 0  # how many commits to come fail as during a rebalance
 
     # -- KafkaConsumer ------------------------------------------------------------------------------------
 
@@ -71,6 +73,10 @@ class StandInKafka:
         self.log.append(("seek", (partition.partition, offset)))
 
     def commit(self, offsets: dict[TopicPartition, Any]) -> None:
+        if self.refused_commits:
+            self.refused_commits -= 1
+            self.log.append(("commit refused", {tp.partition: meta.offset for tp, meta in offsets.items()}))
+            raise CommitFailedError("injected: the group is rebalancing")
         stored = self.owner.totals.stored
         self.log.append(("commit", ({tp.partition: meta.offset for tp, meta in offsets.items()}, stored)))
 
@@ -198,6 +204,29 @@ def test_after_a_rebalance_a_refused_batch_is_polled_again_on_the_partitions_kep
     # P0 goes back to the batch's first offset; P1 is someone else's now (it starts from its committed offset).
     assert kafka.log == [("seek", (0, 0))]
     assert _stored_ids(database) == []
+
+
+def test_a_stored_batch_whose_offset_commit_failed_is_taken_again_and_then_committed(database: Database) -> None:
+    books = make_books(database.engine)
+    first, second = _calls(3), _calls(2, day=1)
+    consumer, kafka = _consumer(database, [{P0: first[:2], P1: first[2:]}, {P0: second}])
+    kafka.refused_commits = 1
+    try:
+        consumer.run_once()
+        settled = consumer.run_once()  # stores the first batch; its offset commit fails
+        assert settled is not None and settled.stored == 3
+        # Both batches go back: the first to have its offsets committed, the second (polled meanwhile) after it.
+        assert kafka.log == [("commit refused", {0: 2, 1: 1}), ("seek", (0, 2)), ("seek", (0, 0)), ("seek", (1, 0))]
+        kafka.batches.extend([{P0: first[:2] + second, P1: first[2:]}])
+        kafka.positions = {P0: 0, P1: 0}
+        again = consumer.run_once()
+        consumer.flush()
+    finally:
+        consumer.close()
+    assert kafka.log[-1] == ("commit", ({0: 4, 1: 1}, 5))
+    assert again is None or again.stored == 0
+    assert _stored_ids(database) == sorted(c.cdr_id for c in first + second)
+    assert books.total(models.invoice_lines.c.cdr_count) == 5  # the first batch, taken twice, booked once
 
 
 def test_a_consumer_stops_only_after_committing_the_batch_it_has_in_flight(database: Database) -> None:
