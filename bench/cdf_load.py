@@ -44,6 +44,7 @@ from sqlalchemy import text
 
 from bench.loadgen import LoadResult
 from bench.messages import ims_acr, sdp_media
+from charging import eventloop
 from charging.broker import EmbeddedBroker, consumer_config, create_topic, free_port
 from charging.diameter.node import DiameterNode, NodeConfig, PeerConfig
 from charging.diameter.peer import LocalIdentity, Timers
@@ -194,7 +195,7 @@ def run_measured(pids: list[int], ports: list[int], nodes: int, in_flight: int, 
     """run_load, with the CPU the servers ``pids`` and this process used meanwhile in ``load.cpu``."""
     before = [cpu_seconds(pid) for pid in pids]
     own, started = time.process_time(), time.monotonic()
-    load = asyncio.run(run_load(ports, nodes, in_flight, args.seconds, args.warmup))
+    load = eventloop.run(run_load(ports, nodes, in_flight, args.seconds, args.warmup))
     after = [cpu_seconds(pid) for pid in pids]
     server = None
     if all(v is not None for v in before + after):

@@ -39,6 +39,7 @@ from sqlalchemy import insert, text
 
 from bench.loadgen import Context, LoadResult, client_hosts, run_load
 from bench.messages import call_values, ccr_initial_avps
+from charging import eventloop
 from charging.diameter import Message
 from charging.diameter.dictionary import DICTIONARY, iter_encoded
 from charging.serve import tune_gc
@@ -434,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--serve-baseline", nargs=2, metavar=("PORT", "CLIENTS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_ocf:
-        asyncio.run(serve_ocf(args.postgres, args.serve_ocf[0], int(args.serve_ocf[1]), args.tune_gc, args.writers))
+        eventloop.run(serve_ocf(args.postgres, args.serve_ocf[0], int(args.serve_ocf[1]), args.tune_gc, args.writers))
         return 0
     if args.serve_baseline:
         serve_baseline(int(args.serve_baseline[0]), int(args.serve_baseline[1]), args.tune_gc)
@@ -460,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
             for _ in range(args.processes)
         ]
         try:
-            ocf = asyncio.run(measure([port for _, port in servers], args, args.connections, args.in_flight))
+            ocf = eventloop.run(measure([port for _, port in servers], args, args.connections, args.in_flight))
         finally:
             tails = [finish(proc) for proc, _ in servers]
         books = check_books(args.postgres, schema)
@@ -484,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
         clients = max(args.baseline_connections, 1)
         bproc, _ = spawn(["--serve-baseline", str(bport), str(clients), *([] if args.tune_gc else ["--no-tune-gc"])])
         try:
-            baseline = asyncio.run(measure(bport, args, clients, args.baseline_in_flight))
+            baseline = eventloop.run(measure(bport, args, clients, args.baseline_in_flight))
         finally:
             finish(bproc)
         print(

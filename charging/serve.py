@@ -30,6 +30,7 @@ from typing import Any
 from aiohttp import web
 from kafka import TopicPartition
 
+from charging import eventloop
 from charging.broker import EmbeddedBroker, create_topic
 from charging.clock import Clock, SystemClock
 from charging.config import Role, Settings
@@ -362,7 +363,7 @@ def _serve(args: argparse.Namespace) -> int:
     if args.roles:
         settings = settings.model_copy(update={"roles": _parse_roles(args.roles)})
     setup_logging(settings.logging.level, settings.logging.format)
-    return asyncio.run(run(settings, args.ready_file))
+    return eventloop.run(run(settings, args.ready_file))
 
 
 def _parse_roles(text: str) -> list[Role]:

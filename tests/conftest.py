@@ -6,13 +6,21 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, text
 
 from charging.db import make_engine, migrate
+from charging.eventloop import loop_factory
 
 POSTGRES_URL = os.environ.get("CHARGING_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any] | None:
+    """Asynchronous tests run on the loop that charging's processes run on (``charging.eventloop``)."""
+    factory = loop_factory()
+    return {"uvloop": factory} if factory is not None else None
 
 
 class Database:

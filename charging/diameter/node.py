@@ -17,7 +17,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from charging.diameter.constants import Command, DisconnectCause, ResultCode, is_protocol_error
 from charging.diameter.errors import DiameterError, MessageFormatError
@@ -110,8 +110,7 @@ class _Connection(asyncio.Protocol):
         self.outgoing: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's class does not subclass it
         peername = transport.get_extra_info("peername")
         self.addr = peername[0] if peername else ""
         self.node._connections[self.id] = self

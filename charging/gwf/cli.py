@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from charging import eventloop
 from charging.config import ConfigError, load_settings
 from charging.gwf.server import Gwf, node_for
 from charging.gwf.settings import GwfSettings
@@ -88,7 +89,7 @@ async def _serve(settings: GwfSettings) -> None:
 def _run(args: argparse.Namespace) -> int:
     settings = load_gwf_settings(getattr(args, "config", None), _overrides(args))
     setup_logging(args.log_level, args.log_format)
-    asyncio.run(_serve(settings))
+    eventloop.run(_serve(settings))
     return 0
 
 

@@ -19,6 +19,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from charging import eventloop
 from charging.clock import SystemClock
 from charging.logs import setup_logging
 from charging.trace.bless import blessed
@@ -79,7 +80,7 @@ def _record(args: argparse.Namespace) -> int:
     server = parse_address(args.server, "--server")
     setup = load_data_file(args.setup, "--setup") if args.setup else {}
     setup_logging("INFO" if args.verbose else "WARNING", "text")
-    return asyncio.run(_record_async(listen, server, Path(args.output), setup, args.description))
+    return eventloop.run(_record_async(listen, server, Path(args.output), setup, args.description))
 
 
 async def _record_async(
@@ -195,7 +196,7 @@ def _replay(args: argparse.Namespace) -> int:
     if args.verbose < 2:
         # The replay's clients and the target come and go with each trace; their peers' comings and goings are noise.
         logging.getLogger("charging.diameter").setLevel(logging.ERROR)
-    results = asyncio.run(_replay_all(traces, options, extra_setup, args))
+    results = eventloop.run(_replay_all(traces, options, extra_setup, args))
     for result in results:
         sys.stdout.write(text_report(result, verbose=args.verbose > 0))
     if args.junit:

@@ -57,8 +57,7 @@ class _Tcp(asyncio.Protocol):
         self.addr: Addr | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's class does not subclass it
         host, port = transport.get_extra_info("peername")[:2]
         self.addr = Addr("TCP", str(host), int(port))
         self.owner._connections[self.addr] = self
