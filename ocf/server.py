@@ -19,7 +19,7 @@ from charging.db import DatabaseUnavailable
 from charging.diameter import Avp, AvpGroup, DiameterError, Message
 from charging.diameter.constants import AppId, CcRequestType, Command, ResultCode
 from charging.diameter.dictionary import DICTIONARY, iter_encoded
-from charging.diameter.message import FLAG_PROXIABLE
+from charging.diameter.message import FLAG_PROXIABLE, HEADER_LENGTH, PLACE_END, AvpIndex, AvpPlaces
 from charging.diameter.node import DiameterNode
 from ocf.control import CreditAnswer, CreditRequest, ServiceResult, ServiceUse, Units
 from ocf.rating import UNIT_MONEY, UNIT_OCTETS, UNIT_TIME, UNIT_UNITS, destination_digits, to_minor, unit_value
@@ -112,23 +112,27 @@ class CcrReader:
 
     def read_with_proxies(self, msg: Message) -> tuple[CreditRequest, bool]:
         """The request, and whether the CCR carries Proxy-Info (which the answer must echo)."""
-        buf = msg.to_bytes()
-        fast = self._fast(buf, msg.is_retransmit)
+        fast = self._fast(msg)
         if fast is not None:
             return fast
         return self._read(msg), bool(msg.all("Proxy-Info"))
 
-    def _fast(self, buf: bytes, retransmit: bool) -> tuple[CreditRequest, bool] | None:
-        """The common CCR read straight from its bytes; None for anything unusual, which ``_read`` handles.
+    def _fast(self, msg: Message) -> tuple[CreditRequest, bool] | None:
+        """The common CCR read from where the validator found its AVPs; None for anything unusual, which
+        ``_read`` handles, and for a message the node's validator has not seen (no ``avp_index``).
 
         Only the AVPs the OCF acts on are decoded, with the dictionary's own decoders, and no AVP
         objects are made.  Whatever this does not know how to take (a refusal, CC-Money, the RFC 8506
         Subscription-Id-Extension, a malformed member) goes the general way, so both ways give the
         same request or raise the same error.
         """
+        index = msg.avp_index
+        if index is None:
+            return None
+        buf = msg.to_bytes()
         try:
-            top = _scan(buf, _HEADER, len(buf), _TOP)
-            if top is None or _EXTENSION in top:
+            top = index[HEADER_LENGTH]
+            if _EXTENSION in top:
                 return None
             context = _value(buf, top, _CONTEXT)
             request_type = _value(buf, top, _REQUEST_TYPE)
@@ -143,23 +147,18 @@ class CcrReader:
                 origin_host=_value(buf, top, _ORIGIN_HOST),
                 origin_realm=_value(buf, top, _ORIGIN_REALM),
                 service_context=context,
-                retransmit=retransmit,
+                retransmit=msg.is_retransmit,
             )
-            for place in _places(top, _SUBSCRIPTION_ID):
-                group = _scan(buf, place >> 32, place & _LOW, _SUBSCRIPTION_MEMBERS)
-                if group is None or _SUB_TYPE not in group or _SUB_DATA not in group:
+            for place in top.get(_SUBSCRIPTION_ID, _NONE):
+                group = index[place >> 32]
+                if _SUB_TYPE not in group or _SUB_DATA not in group:
                     return None
                 req.subscription_ids.append((_value(buf, group, _SUB_TYPE), _value(buf, group, _SUB_DATA)))
             info = top.get(_SERVICE_INFORMATION)
             if info is not None:
-                found = _scan(buf, info >> 32, info & _LOW, _SERVICE_INFORMATION_MEMBERS)  # type: ignore[operator]
-                if found is None:
-                    return None
-                ims_at = found.get(_IMS_INFORMATION)
+                ims_at = index[info[0] >> 32].get(_IMS_INFORMATION)
                 if ims_at is not None:
-                    ims = _scan(buf, ims_at >> 32, ims_at & _LOW, _IMS_MEMBERS)  # type: ignore[operator]
-                    if ims is None:
-                        return None
+                    ims = index[ims_at[0] >> 32]
                     req.icid = _value(buf, ims, _ICID) or ""
                     address = _value(buf, ims, _CALLED) or _value(buf, ims, _REQUESTED_PARTY)
                     req.destination = destination_digits(address)
@@ -168,24 +167,23 @@ class CcrReader:
                 if action not in (0, 1, 2, 3):
                     return None
                 req.requested_action = action
-            msccs = _places(top, _MSCC)
+            msccs = top.get(_MSCC)
             if msccs:
                 req.multiple_services = True
                 for place in msccs:
-                    members = _scan(buf, place >> 32, place & _LOW, _USE_MEMBERS)
-                    use = _fast_use(buf, members, in_mscc=True) if members is not None else None
+                    use = _fast_use(buf, index, index[place >> 32], in_mscc=True)
                     if use is None:
                         return None
                     req.services.append(use)
             else:
-                use = _fast_use(buf, top, in_mscc=False)
+                use = _fast_use(buf, index, top, in_mscc=False)
                 if use is None:
                     return None
                 if request_type == CcRequestType.INITIAL:
                     use.requested_present = True  # a session start asks for credit, with or without a figure
                 req.services.append(use)
             return req, _PROXY_INFO in top
-        except (DiameterError, ValueError, struct.error):
+        except (DiameterError, ValueError, struct.error, KeyError):
             return None  # the general way raises the answer the RFCs ask for
 
     def _read(self, msg: Message) -> CreditRequest:
@@ -312,87 +310,31 @@ _K = {
 }
 
 
-# -- the fast way: AVPs found by scanning the bytes ---------------------------------------------------------------
-_HEADER = 20
-_AVP_HEAD = struct.Struct(">II")
-_VENDOR = struct.Struct(">I")
-Found = dict[int, int | list[int]]  # AVP key -> place, or places of an AVP that may repeat
-Wanted = dict[int, bool]  # AVP key -> whether every instance is wanted
+# -- the fast way: AVPs where the validator found them ----------------------------------------------------------
+_DECODERS: dict[int, Callable[[bytes, int, int], Any]] = {}
+_NONE: list[int] = []
 
 
 def _key(name: str) -> int:
     return DICTIONARY.avp(name).key
 
 
-def _scan(buf: bytes, start: int, end: int, wanted: Wanted) -> Found | None:
-    """Where the wanted AVPs of ``buf[start:end]`` hold their data, by key; None if the AVPs do not add up.
-
-    A place is one int, ``data start << 32 | data end``, so that a scan makes no objects but its dict:
-    the first instance of an AVP wanted once, a list of every instance of one wanted repeated.
-    """
-    found: Found = {}
-    unpack = _AVP_HEAD.unpack_from
-    offset = start
-    while offset < end:
-        if end - offset < 8:
-            return None
-        code, flags_length = unpack(buf, offset)
-        length = flags_length & 0xFFFFFF
-        if flags_length & 0x80000000:
-            if length < 12 or end - offset < 12:
-                return None
-            key = code | (_VENDOR.unpack_from(buf, offset + 8)[0] << 32)
-            data = offset + 12
-        else:
-            if length < 8:
-                return None
-            key = code
-            data = offset + 8
-        stop = offset + length
-        if stop > end:
-            return None
-        repeated = wanted.get(key)
-        if repeated is not None:
-            if repeated:
-                places = found.get(key)
-                if places is None:
-                    found[key] = [data << 32 | stop]
-                else:
-                    places.append(data << 32 | stop)  # type: ignore[union-attr]
-            elif key not in found:
-                found[key] = data << 32 | stop
-        offset += (length + 3) & ~3
-    return found
-
-
-_DECODERS: dict[int, Callable[[bytes, int, int], Any]] = {}
-_LOW = 0xFFFFFFFF
-
-
-def _value(buf: bytes, found: Found, key: int) -> Any:
+def _value(buf: bytes, found: AvpPlaces, key: int) -> Any:
     """The first instance's value, decoded as the dictionary decodes it; None when absent."""
-    place = found.get(key)
-    if place is None:
+    places = found.get(key)
+    if places is None:
         return None
-    return _DECODERS[key](buf, place >> 32, place & _LOW)  # type: ignore[operator]
+    place = places[0]
+    return _DECODERS[key](buf, place >> 32, place & PLACE_END)
 
 
-def _values(buf: bytes, found: Found, key: int) -> list[Any]:
+def _values(buf: bytes, found: AvpPlaces, key: int) -> list[Any]:
     decode = _DECODERS[key]
-    return [decode(buf, place >> 32, place & _LOW) for place in found.get(key, ())]  # type: ignore[union-attr]
+    return [decode(buf, place >> 32, place & PLACE_END) for place in found.get(key, _NONE)]
 
 
-def _places(found: Found, key: int) -> list[int]:
-    return found.get(key, _NONE)  # type: ignore[return-value]
-
-
-_NONE: list[int] = []
-
-
-def _fast_units(buf: bytes, group: Found | None) -> Units | bool | None:
-    """``units_of`` on a scanned group; False when it needs the general way (CC-Money, malformed)."""
-    if group is None:
-        return False
+def _fast_units(buf: bytes, group: AvpPlaces) -> Units | bool | None:
+    """``units_of`` on a group; False when it needs the general way (CC-Money)."""
     if _CC_TIME in group:
         return Units(UNIT_TIME, _value(buf, group, _CC_TIME))
     if _CC_TOTAL in group:
@@ -406,19 +348,19 @@ def _fast_units(buf: bytes, group: Found | None) -> Units | bool | None:
     return None
 
 
-def _fast_use(buf: bytes, avps: Found, in_mscc: bool) -> ServiceUse | None:
+def _fast_use(buf: bytes, index: AvpIndex, avps: AvpPlaces, in_mscc: bool) -> ServiceUse | None:
     use = ServiceUse(_value(buf, avps, _RATING_GROUP), _value(buf, avps, _SERVICE_IDENTIFIER))
     rsu = avps.get(_RSU)
     if rsu is not None:
         use.requested_present = True
-        requested = _fast_units(buf, _scan(buf, rsu >> 32, rsu & _LOW, _UNIT_MEMBERS))  # type: ignore[operator]
+        requested = _fast_units(buf, index[rsu[0] >> 32])
         if requested is False:
             return None
         use.requested = requested  # type: ignore[assignment]
-    for place in _places(avps, _USU):
-        group = _scan(buf, place >> 32, place & _LOW, _USED_MEMBERS)
+    for place in avps.get(_USU, _NONE):
+        group = index[place >> 32]
         used = _fast_units(buf, group)
-        if used is False or group is None:
+        if used is False:
             return None
         if used is not None:
             use.used.append(used)  # type: ignore[arg-type]
@@ -479,28 +421,28 @@ _CC_TIME, _CC_TOTAL, _CC_INPUT, _CC_OUTPUT, _CC_SSU, _CC_MONEY = (
         "CC-Money",
     )
 )
-_USE_MEMBERS: Wanted = {_RATING_GROUP: False, _SERVICE_IDENTIFIER: False, _RSU: False, _USU: True, _REASON: True}
-_TOP: Wanted = {
-    _SESSION_ID: False,
-    _ORIGIN_HOST: False,
-    _ORIGIN_REALM: False,
-    _CONTEXT: False,
-    _REQUEST_TYPE: False,
-    _REQUEST_NUMBER: False,
-    _SUBSCRIPTION_ID: True,
-    _EXTENSION: False,
-    _SERVICE_INFORMATION: False,
-    _REQUESTED_ACTION: False,
-    _MSCC: True,
-    _PROXY_INFO: False,
-    **_USE_MEMBERS,
-}
-_SUBSCRIPTION_MEMBERS: Wanted = {_SUB_TYPE: False, _SUB_DATA: False}
-_SERVICE_INFORMATION_MEMBERS: Wanted = {_IMS_INFORMATION: False}
-_IMS_MEMBERS: Wanted = {_ICID: False, _CALLED: False, _REQUESTED_PARTY: False}
-_UNIT_MEMBERS: Wanted = {key: False for key in (_CC_TIME, _CC_TOTAL, _CC_INPUT, _CC_OUTPUT, _CC_SSU, _CC_MONEY)}
-_USED_MEMBERS: Wanted = {**_UNIT_MEMBERS, _REASON: True}
-for _k in [*_TOP, *_SUBSCRIPTION_MEMBERS, *_IMS_MEMBERS, *_UNIT_MEMBERS]:
+for _k in (
+    _SESSION_ID,
+    _ORIGIN_HOST,
+    _ORIGIN_REALM,
+    _CONTEXT,
+    _REQUEST_TYPE,
+    _REQUEST_NUMBER,
+    _REQUESTED_ACTION,
+    _RATING_GROUP,
+    _SERVICE_IDENTIFIER,
+    _REASON,
+    _SUB_TYPE,
+    _SUB_DATA,
+    _ICID,
+    _CALLED,
+    _REQUESTED_PARTY,
+    _CC_TIME,
+    _CC_TOTAL,
+    _CC_INPUT,
+    _CC_OUTPUT,
+    _CC_SSU,
+):
     _DECODERS[_k] = DICTIONARY.by_key[_k].decode
 
 

@@ -35,6 +35,15 @@ AVP_FLAG_MANDATORY = 0x40
 HEADER_LENGTH = 20
 
 _MSG_HEADER = struct.Struct(">IIIII")
+
+# Where a received message's AVPs are, as the validator found them on its one pass: per container (the
+# message's own AVPs at HEADER_LENGTH, a grouped AVP's members at the first octet of its data), every
+# instance of each AVP key in order, as ``data start << 32 | data end`` in the message's bytes.  One int
+# per AVP and one dict per container: the readers of the applications take their values from it without
+# walking the AVP headers again.
+AvpPlaces = dict[int, list[int]]
+AvpIndex = dict[int, AvpPlaces]
+PLACE_END = 0xFFFFFFFF  # place & PLACE_END: where the data ends; place >> 32: where it starts
 _AVP_HEADER = struct.Struct(">II")
 _U32 = struct.Struct(">I")
 _UNSET: Any = object()
@@ -272,7 +281,19 @@ class AvpGroup(AvpContainer):
 class Message(AvpContainer):
     """A Diameter message: header fields and AVPs."""
 
-    __slots__ = ("_avps", "_buf", "_off", "_tail", "app_id", "code", "end_to_end", "flags", "hop_by_hop", "version")
+    __slots__ = (
+        "_avps",
+        "_buf",
+        "_off",
+        "_tail",
+        "app_id",
+        "avp_index",
+        "code",
+        "end_to_end",
+        "flags",
+        "hop_by_hop",
+        "version",
+    )
 
     def __init__(
         self,
@@ -293,6 +314,8 @@ class Message(AvpContainer):
         self._off = 0
         self._tail: list[bytes] | None = None
         self._avps: list[Avp] | None = []
+        # Where each AVP's data is in ``to_bytes()``, by container: set by the validator on a received message.
+        self.avp_index: AvpIndex | None = None
         if avps:
             self._tail = [encode_group_data(avps, DICTIONARY)]
             self._avps = None
@@ -361,6 +384,7 @@ class Message(AvpContainer):
         msg._off = HEADER_LENGTH
         msg._tail = None
         msg._avps = None
+        msg.avp_index = None
         return msg
 
     # -- AVP list ---------------------------------------------------------------------

@@ -24,7 +24,10 @@ from charging.diameter.message import (
     FLAG_ERROR,
     FLAG_PROXIABLE,
     FLAG_REQUEST,
+    HEADER_LENGTH,
     Avp,
+    AvpIndex,
+    AvpPlaces,
     Message,
     parse_avps,
 )
@@ -93,7 +96,9 @@ class Validator:
         return notes
 
     def check(self, msg: Message) -> list[str]:
-        """Check the header and every AVP, grouped ones included; return tolerated deviations."""
+        """Check the header and every AVP, grouped ones included; return tolerated deviations.
+
+        A received message gets, as ``msg.avp_index``, where each of its AVPs is (``AvpIndex``)."""
         notes = self.check_header(msg)
         cmd = self.dictionary.command(msg.code)
         rule: Rule | None = cmd.rule(msg.is_request) if cmd is not None else None
@@ -107,7 +112,10 @@ class Validator:
                         _example_avp(name, self.dictionary).to_bytes(),
                     )
         buf, start = msg._body()
-        self._scan(buf, start, len(buf), rule, [], notes, msg)
+        index: AvpIndex = {}
+        self._scan(buf, start, len(buf), rule, [], notes, msg, index)
+        if start == HEADER_LENGTH:  # the body follows the header as received: places in it are places in to_bytes()
+            msg.avp_index = index
         return notes
 
     def _deviate(self, notes: list[str], code: int, text: str, failed: bytes | None) -> None:
@@ -150,14 +158,17 @@ class Validator:
         path: list[Parent],
         notes: list[str],
         msg: Message,
+        index: AvpIndex,
     ) -> None:
         """Check the AVPs in ``buf[start:end]`` against ``rule``, reading headers in place (no objects),
-        and descend into grouped AVPs.  The loop is the hot path of every request: anything unusual
-        leaves it for ``_unusual``."""
+        note where each is in ``index``, and descend into grouped AVPs.  The loop is the hot path of
+        every request: anything unusual leaves it for ``_unusual``."""
         unpack = _AVP_HEADER.unpack_from
         unpack_vendor = _AVP_HEADER_VENDOR.unpack_from
         table = self._table(rule)
         counts: dict[int, int] = {}  # only the AVPs whose occurrences the ABNF bounds
+        places: AvpPlaces = {}
+        index[start] = places
         found = 0
         offset = start
         while offset < end:
@@ -195,6 +206,11 @@ class Validator:
             here = offset
             offset += (length + 3) & ~3
             found += 1
+            instances = places.get(key)
+            if instances is None:
+                places[key] = [data << 32 | avp_end]
+            else:
+                instances.append(data << 32 | avp_end)
             info = table.get(key)
             if info is None:
                 info = self._info(key, rule, table)
@@ -213,7 +229,7 @@ class Validator:
                     )
             elif size == _GROUPED:
                 path.append((code, flags, key >> 32, here, length))
-                self._scan(buf, data, avp_end, sub_rule, path, notes, msg)
+                self._scan(buf, data, avp_end, sub_rule, path, notes, msg, index)
                 path.pop()
             elif decoder is not None:
                 try:

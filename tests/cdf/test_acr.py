@@ -11,6 +11,7 @@ import pytest
 from bench.messages import ims_acr, sdp_media
 from cdf.acr import _read_fast, parse_acr, read_acr
 from charging.diameter import DiameterError, Message
+from charging.diameter.validation import Validator
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -52,8 +53,10 @@ VARIANTS: list[dict[str, Any]] = [
 
 
 def received(msg: Message) -> Message:
-    """As the server gets it: decoded from the wire."""
-    return Message.decode(msg.to_bytes())
+    """As the server gets it: decoded from the wire and validated."""
+    got = Message.decode(msg.to_bytes())
+    Validator().check(got)
+    return got
 
 
 def trace_acrs() -> list[Message]:
@@ -101,7 +104,7 @@ def test_what_is_not_a_well_formed_ims_acr_gets_the_general_readers_answer() -> 
         assert fast.value.failed_avp == general.value.failed_avp
 
 
-def test_a_group_whose_lengths_do_not_fit_is_left_to_the_general_reader() -> None:
+def test_a_group_whose_lengths_do_not_fit_never_reaches_a_reader() -> None:
     msg = received(ims_acr(session_id="s;1", origin_host="pcscf.test", record_type="START", record_number=0))
     service = msg.avp("Service-Information")
     assert service is not None
@@ -114,9 +117,13 @@ def test_a_group_whose_lengths_do_not_fit_is_left_to_the_general_reader() -> Non
             broken.add_raw(header + bytes(data) + b"\x00" * (-len(data) % 4))
         else:
             broken.add_avp(avp)
-    with pytest.raises(ValueError):
-        _read_fast(received(broken), 0.0)
+    wire = Message.decode(broken.to_bytes())
+    with pytest.raises(DiameterError) as refused:
+        Validator().check(wire)  # the node answers 5014 with the broken AVP in Failed-AVP
+    assert refused.value.result_code == 5014
+    assert wire.avp_index is None
+    assert _read_fast(wire, 0.0) is None  # and were it asked anyway, the fast reader steps aside
     with pytest.raises(Exception) as general:
-        read_acr(received(broken), 0.0)
+        read_acr(wire, 0.0)
     with pytest.raises(type(general.value)):
-        parse_acr(received(broken), 0.0)
+        parse_acr(wire, 0.0)

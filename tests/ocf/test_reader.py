@@ -1,5 +1,5 @@
-"""The CCR reader's fast way (scanning the bytes) reads every CCR as the general way does, or steps aside;
-the answer encoder's cache gives the very bytes of a plain encoding."""
+"""The CCR reader's fast way (from where the validator found the AVPs) reads every CCR as the general way
+does, or steps aside; the answer encoder's cache gives the very bytes of a plain encoding."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 from charging.diameter import DiameterError, Message
 from charging.diameter.dictionary import DICTIONARY, iter_encoded
 from charging.diameter.message import FLAG_RETRANSMIT
+from charging.diameter.validation import Validator
 from ocf.control import CreditAnswer, CreditRequest, ServiceResult, Units
 from ocf.rating import unit_value
 from ocf.server import AnswerEncoder, CcrReader
@@ -91,7 +92,10 @@ FAST = {
         "INITIAL_REQUEST",
         0,
         ("Subscription-Id", {"Subscription-Id-Type": "END_USER_SIP_URI", "Subscription-Id-Data": "sip:a@b"}),
-        ("Service-Information", {"IMS-Information": {"Requested-Party-Address": "sip:+3491555@x;user=phone"}}),
+        (
+            "Service-Information",
+            {"IMS-Information": {"Node-Functionality": "AS", "Requested-Party-Address": "sip:+3491555@x;user=phone"}},
+        ),
         mscc(Requested_Service_Unit={}, Rating_Group=100),
     ),
     "no subscription id, price enquiry": ccr("EVENT_REQUEST", 0, ("Requested-Action", "PRICE_ENQUIRY"), sub=None),
@@ -132,6 +136,14 @@ REFUSED = {
 }
 
 
+def received(msg: Message) -> Message:
+    """The message as the node hands it to the OCF: decoded from its bytes and validated."""
+    got = Message.decode(msg.to_bytes())
+    Validator().check(got)
+    assert got.avp_index is not None
+    return got
+
+
 @pytest.fixture
 def reader() -> CcrReader:
     return CcrReader(OcfSettings(not_applicable_contexts=["32274@3gpp.org"]))
@@ -139,8 +151,8 @@ def reader() -> CcrReader:
 
 @pytest.mark.parametrize("name", sorted(FAST))
 def test_fast_way_reads_as_the_general_way(reader: CcrReader, name: str) -> None:
-    msg = FAST[name]
-    fast = reader._fast(msg.to_bytes(), msg.is_retransmit)
+    msg = received(FAST[name])
+    fast = reader._fast(msg)
     assert fast is not None
     req, proxied = fast
     assert req == reader._read(msg)
@@ -150,15 +162,21 @@ def test_fast_way_reads_as_the_general_way(reader: CcrReader, name: str) -> None
 
 @pytest.mark.parametrize("name", sorted(GENERAL))
 def test_unusual_requests_go_the_general_way(reader: CcrReader, name: str) -> None:
-    msg = GENERAL[name]
-    assert reader._fast(msg.to_bytes(), False) is None
+    msg = received(GENERAL[name])
+    assert reader._fast(msg) is None
     assert reader.read(msg) == reader._read(msg)
 
 
 @pytest.mark.parametrize("name", sorted(REFUSED))
 def test_refusals_are_the_general_ways(reader: CcrReader, name: str) -> None:
     msg, code = REFUSED[name]
-    assert reader._fast(msg.to_bytes(), False) is None
+    msg = Message.decode(msg.to_bytes())
+    try:
+        Validator().check(msg)
+    except DiameterError as refused:  # some the node's validator refuses already, with the same Result-Code
+        assert refused.result_code == code
+        return
+    assert reader._fast(msg) is None
     with pytest.raises(DiameterError) as raised:
         reader.read(msg)
     assert raised.value.result_code == code
@@ -174,10 +192,19 @@ def test_not_applicable_context_and_retransmit_flag(reader: CcrReader) -> None:
     assert req.retransmit
 
 
-def test_truncated_avps_step_aside(reader: CcrReader) -> None:
+def test_a_message_the_validator_has_not_seen_goes_the_general_way(reader: CcrReader) -> None:
+    msg = Message.decode(FAST["termination"].to_bytes())
+    assert msg.avp_index is None
+    assert reader._fast(msg) is None
+    assert reader.read(msg) == reader._fast(received(msg))[0]  # type: ignore[index]
+
+
+def test_truncated_avps_are_refused_before_the_reader(reader: CcrReader) -> None:
     raw = bytearray(FAST["termination"].to_bytes())
     raw[-7] = 0xFF  # the length of the last AVP now runs past the message
-    assert reader._fast(bytes(raw), False) is None
+    with pytest.raises(DiameterError) as refused:
+        Validator().check(Message.decode(bytes(raw)))
+    assert refused.value.result_code == 5014
 
 
 def plain_encoding(req: CreditRequest, ans: CreditAnswer) -> bytes:
