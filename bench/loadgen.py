@@ -46,6 +46,15 @@ class LoadResult:
         cuts = statistics.quantiles(self.latencies, n=1000, method="inclusive")
         return cuts[min(len(cuts) - 1, max(0, round(q * 1000) - 1))] * 1000
 
+    def add(self, other: LoadResult) -> None:
+        """Count another measurement (of the same server) in with this one."""
+        self.requests += other.requests
+        self.errors += other.errors
+        self.seconds += other.seconds
+        self.latencies.extend(other.latencies)
+        self.results.update(other.results)
+        self.error_samples.extend(other.error_samples[: max(0, 5 - len(self.error_samples))])
+
     def summary(self, name: str) -> str:
         return (
             f"{name}: {self.requests} requests in {self.seconds:.1f} s = {self.rate:,.0f}/s; "

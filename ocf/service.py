@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 
 from aiohttp import web
 from sqlalchemy import Connection
@@ -109,8 +110,8 @@ class OcfService:
     def _count(self, outcomes: list[Outcome]) -> None:
         self.settled += len(outcomes)
         counter = self._ccr_total
-        for outcome in outcomes:
-            counter.inc(str(outcome.result_code))
+        for code, count in Counter(outcome.result_code for outcome in outcomes).items():
+            counter.inc(str(code), amount=count)
 
     @property
     def transactions(self) -> int:

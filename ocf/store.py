@@ -107,8 +107,32 @@ def quotas_of(raw: str) -> dict[str, Quota]:
     return {key: Quota.from_json(value) for key, value in json.loads(raw).items()}
 
 
+def _literal(value: int | None) -> str:
+    """An int, a bool or None as a JSON literal."""
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    return str(int(value))
+
+
 def quotas_json(quotas: dict[str, Quota]) -> str:
-    return json.dumps({key: q.to_json() for key, q in quotas.items()}, separators=(",", ":"))
+    """What ``json.dumps`` gives of the quotas' ``to_json`` (compact), written out directly: a third of the time,
+    once per session per CCR.  Keys (``quota_key``) and units (``ocf.rating.UNIT_*``) are plain words that need
+    no escaping."""
+    return (
+        "{"
+        + ",".join(
+            f'"{key}":{{"rg":{_literal(q.rating_group)},"si":{_literal(q.service_identifier)},"unit":"{q.unit}",'
+            f'"granted":{_literal(q.granted)},"money":{_literal(q.money)},"bucket":{_literal(q.bucket_id)},'
+            f'"tariff":{_literal(q.tariff_id)},"used":{_literal(q.used)},"charged":{_literal(q.charged)},'
+            f'"setup":{_literal(q.setup_in_segment)},"final":{_literal(q.final)}}}'
+            for key, q in quotas.items()
+        )
+        + "}"
+    )
 
 
 def session_of(row: Any) -> Session:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import random
+
 from charging.diameter.constants import CcRequestType, ResultCode
 from ocf.control import Book, CreditControl, CreditRequest, ServiceUse, Units
-from ocf.credit import Account, Bucket, Quota, release, reserve, settle, size_request
-from ocf.rating import Catalog, Tariff
+from ocf.credit import Account, Bucket, Quota, quota_key, release, reserve, settle, size_request
+from ocf.rating import UNIT_MONEY, UNIT_OCTETS, UNIT_TIME, UNIT_UNITS, Catalog, Tariff
 from ocf.settings import OcfSettings
+from ocf.store import quotas_json, quotas_of
 
 PER_SECOND = Tariff(1, "voice", "time", price=1, rating_group=100)
 
@@ -113,3 +117,32 @@ def test_single_service_update_refused_for_credit_ends_the_session_after_debitin
     assert answer.result_code == ResultCode.DIAMETER_CREDIT_LIMIT_REACHED
     assert state.sessions["s"].state == "closed"
     assert (state.accounts[1].balance, state.accounts[1].reserved) == (0, 0)
+
+
+def test_quotas_json_is_what_json_dumps_gives_and_reads_back() -> None:
+    rng = random.Random(7)
+
+    def maybe(value: int) -> int | None:
+        return None if rng.random() < 0.3 else value
+
+    assert quotas_json({}) == "{}"
+    for _ in range(200):
+        quotas = {}
+        for _ in range(rng.randint(1, 3)):
+            rg, si = maybe(rng.randint(0, 2**32 - 1)), maybe(rng.randint(0, 2**32 - 1))
+            quotas[quota_key(rg, si)] = Quota(
+                rg,
+                si,
+                rng.choice([UNIT_TIME, UNIT_OCTETS, UNIT_UNITS, UNIT_MONEY]),
+                granted=rng.randint(0, 2**40),
+                money=rng.randint(0, 2**62),
+                bucket_id=maybe(rng.randint(1, 10**6)),
+                tariff_id=maybe(rng.randint(1, 10**6)),
+                used=rng.randint(0, 2**40),
+                charged=rng.randint(0, 2**62),
+                setup_in_segment=rng.random() < 0.5,
+                final=rng.random() < 0.5,
+            )
+        text = quotas_json(quotas)
+        assert text == json.dumps({k: q.to_json() for k, q in quotas.items()}, separators=(",", ":"))
+        assert quotas_of(text) == quotas
