@@ -56,10 +56,11 @@ def _example_avp(name: str, dictionary: Dictionary) -> Avp:
 Decoder = Callable[[bytes, int, int], object]
 # Per AVP key in a container: (definition, fixed size / _GROUPED / -1, value decoder to validate text,
 # the rule of a grouped AVP, flag mask, expected flags under the mask, known and named by the container's
-# ABNF (the fast path), counted (the ABNF bounds how often it occurs)).
-_Info = tuple[AvpDef | None, int, Decoder | None, Rule | None, int, int, bool, bool]
+# ABNF (the fast path)).
+_Info = tuple[AvpDef | None, int, Decoder | None, Rule | None, int, int, bool]
 
 _AVP_HEADER_VENDOR = struct.Struct(">III")
+_NO_PLACES: list[int] = []
 
 # A grouped AVP on the way down to the one being checked: (code, flags, vendor, offset, length) in the buffer.
 Parent = tuple[int, int, int, int, int]
@@ -132,10 +133,8 @@ class Validator:
 
     def _info(self, key: int, rule: Rule | None, table: dict[int, _Info]) -> _Info:
         defn = self.dictionary.by_key.get(key)
-        entry = rule.by_key.get(key) if rule is not None else None
-        counted = entry is not None and (entry.minimum > 0 or entry.maximum is not None)
         if defn is None:
-            info: _Info = (None, _UNKNOWN, None, None, 0, 0, False, counted)
+            info: _Info = (None, _UNKNOWN, None, None, 0, 0, False)
         else:
             size, decoder = _value_check(defn.type_name)
             if defn.mandatory == MANDATORY_MUST:
@@ -145,7 +144,7 @@ class Validator:
             else:
                 mask, expect = _RESERVED_AVP_BITS, 0
             allowed = rule is None or rule.any_avp or key in rule.by_key
-            info = (defn, size, decoder, defn.rule, mask, expect, allowed, counted)
+            info = (defn, size, decoder, defn.rule, mask, expect, allowed)
         table[key] = info
         return info
 
@@ -166,8 +165,7 @@ class Validator:
         unpack = _AVP_HEADER.unpack_from
         unpack_vendor = _AVP_HEADER_VENDOR.unpack_from
         table = self._table(rule)
-        counts: dict[int, int] = {}  # only the AVPs whose occurrences the ABNF bounds
-        places: AvpPlaces = {}
+        places: AvpPlaces = {}  # also how often each AVP occurs, for the ABNF's bounds
         index[start] = places
         found = 0
         offset = start
@@ -214,7 +212,7 @@ class Validator:
             info = table.get(key)
             if info is None:
                 info = self._info(key, rule, table)
-            defn, size, decoder, sub_rule, mask, expect, fast, counted = info
+            defn, size, decoder, sub_rule, mask, expect, fast = info
             if (not fast or flags & mask != expect) and not self._unusual(
                 buf, here, length, end, key, flags, info, path, notes
             ):
@@ -239,8 +237,6 @@ class Validator:
                     raise DiameterError(
                         exc.result_code, f"{defn.name}: {exc}", _wrap(path, _raw_avp(buf, here, length, end))
                     ) from exc
-            if counted:
-                counts[key] = counts.get(key, 0) + 1
         if rule is None:
             return
         if found < rule.any_minimum:
@@ -251,7 +247,7 @@ class Validator:
                 _wrap(path[:-1], _raw_avp(buf, parent[3], parent[4], len(buf))) if parent else None,
             )
         for entry in rule.required:
-            if counts.get(entry.key, 0) < entry.minimum:
+            if len(places.get(entry.key, _NO_PLACES)) < entry.minimum:
                 if not path and entry.name in _IMPLIED_BY_HEADER:
                     self._deviate(
                         notes,
@@ -266,8 +262,9 @@ class Validator:
                     _wrap(path, _example_avp(entry.name, self.dictionary).to_bytes()),
                 )
         by_rule_key = rule.by_key
-        for key, count in counts.items():
-            if count > 1:
+        for key, instances in places.items():
+            if len(instances) > 1:
+                count = len(instances)
                 bounded = by_rule_key.get(key)
                 if bounded is not None and bounded.maximum is not None and count > bounded.maximum:
                     self._too_many(buf, start, end, key, bounded.name, bounded.maximum, path, notes)
@@ -285,7 +282,7 @@ class Validator:
         notes: list[str],
     ) -> bool:
         """An unknown AVP, odd flag bits or an AVP the ABNF does not name; False: skip the AVP."""
-        defn, _, _, _, _, _, allowed, _ = info
+        defn, _, _, _, _, _, allowed = info
         code, vendor = key & 0xFFFFFFFF, key >> 32
         if flags & _RESERVED_AVP_BITS:
             self._deviate(notes, ResultCode.DIAMETER_INVALID_AVP_BITS, f"AVP {code}: reserved bits set", None)
