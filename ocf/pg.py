@@ -12,9 +12,10 @@ while the database works.  A batch costs two round trips:
 2. once ``CreditStore.decide`` has answered every request, one pipeline: every write of the
    batch in one statement (a data-modifying WITH over unnested arrays), then COMMIT.
 
-A Subscription-Id or a session that this process has not seen yet costs one round trip more,
-before the lock, to learn its account.  The answers are resolved only after the COMMIT succeeded.
-A lost connection surfaces as ``DatabaseUnavailable`` and the next batch opens a new one.
+A Subscription-Id or a session that this process has not seen yet costs no round trip more: its
+account is locked through a subquery, and the process learns which account it is in the same round
+trip.  The answers are resolved only after the COMMIT succeeded.  A lost connection surfaces as
+``DatabaseUnavailable`` and the next batch opens a new one.
 
 The statements of a round trip go through ``Pipe``: psycopg connects, and then its libpq
 connection is driven directly in pipeline mode, every statement prepared once, all of a round
@@ -166,10 +167,18 @@ def _param(value: Param) -> tuple[bytes, int]:
 
 
 # -- reads ------------------------------------------------------------------------------------------------------
-_SUBSCRIBERS = (
-    "SELECT i.id_type, i.id_data, s.id, s.account_id FROM ocf_subscription_ids i "
-    "JOIN ocf_subscribers s ON s.id = i.subscriber_id WHERE i.id_data = ANY($1)"
-)
+
+
+def _subscribers_from(types: int) -> str:
+    """Subscription-Ids (``$types``, the next parameter their data) with their subscribers: by (type, data)
+    pairs, so that the subscription ids' primary key finds them (data alone would read all of it)."""
+    return (
+        f"unnest(${types}::int8[], ${types + 1}::text[]) AS w(t, d) JOIN ocf_subscription_ids i "
+        "ON i.id_type = w.t AND i.id_data = w.d JOIN ocf_subscribers s ON s.id = i.subscriber_id"
+    )
+
+
+_SUBSCRIBERS = f"SELECT i.id_type, i.id_data, s.id, s.account_id FROM {_subscribers_from(1)}"
 _OWNERS = "SELECT session_id, account_id FROM ocf_sessions WHERE session_id = ANY($1)"
 _LOCK = (
     "SELECT id, currency, balance, reserved, credit_limit, blocked, low_balance_threshold, "
@@ -189,6 +198,16 @@ _ANSWERS = (
     "SELECT session_id, request_number, result_code, body FROM ocf_answers "
     "WHERE (session_id, request_number) IN (SELECT * FROM unnest($1::text[], $2::int8[]))"
 )
+# A batch with Subscription-Ids or sessions this process has not seen yet locks and reads the accounts they
+# belong to in the same round trip: their ids come from a subquery, and the two statements after the lock tell
+# the process which account each belongs to (facts that never change), for the batches to come.
+# The ids are gathered into an array first (an InitPlan), so that the lock and the buckets are found by index.
+_LEARNED_ACCOUNTS = (
+    f"ARRAY(SELECT unnest($1::int8[]) UNION SELECT s.account_id FROM {_subscribers_from(2)} "
+    "UNION SELECT account_id FROM ocf_sessions WHERE session_id = ANY($4))"
+)
+_LOCK_LEARNING = _LOCK.replace("WHERE id = ANY($1)", f"WHERE id = ANY({_LEARNED_ACCOUNTS})")
+_BUCKETS_LEARNING = _BUCKETS.replace("WHERE account_id = ANY($1)", f"WHERE account_id = ANY({_LEARNED_ACCOUNTS})")
 _TARIFFS = (
     "SELECT id, name, unit, price, increment, setup_fee, minimum_charge, currency, rating_group, "
     "service_identifier, destination_prefix, band_start_minute, band_end_minute, active, effective_from "
@@ -614,8 +633,6 @@ class PgSettler:
         # 1. which accounts: by Subscription-Id for new sessions and events, by session otherwise
         subscribers, missing = store.known_subscribers(requests)
         unknown = store.unknown_sessions(requests)
-        if missing or unknown:
-            await self._learn(pipe, subscribers, missing, unknown)
         session_ids: list[str] = []
         keys: dict[tuple[str, int], None] = {}
         for req in requests:
@@ -624,11 +641,26 @@ class PgSettler:
             keys[(req.session_id, req.request_number)] = None
         # 2. lock them; 3. read buckets, sessions and stored answers: one round trip
         ids = Int8Array(store.accounts_of(subscribers, session_ids))
-        pipe.query(_LOCK, ids)
-        pipe.query(_BUCKETS, ids)
+        if missing or unknown:
+            pairs = sorted(missing)
+            types, data, sids = Int8Array([t for t, _ in pairs]), TextArray([d for _, d in pairs]), TextArray(unknown)
+            pipe.query(_LOCK_LEARNING, ids, types, data, sids)
+            pipe.query(_BUCKETS_LEARNING, ids, types, data, sids)
+        else:
+            pipe.query(_LOCK, ids)
+            pipe.query(_BUCKETS, ids)
         pipe.query(_SESSIONS, TextArray(list(set(session_ids))))
         pipe.query(_ANSWERS, TextArray([k[0] for k in keys]), Int8Array([k[1] for k in keys]))
-        locked, held, found, given = await pipe.round_trip()
+        if missing or unknown:
+            pipe.query(_SUBSCRIBERS, types, data)
+            pipe.query(_OWNERS, sids)
+            locked, held, found, given, learned, owned = await pipe.round_trip()
+            for id_type, id_data, subscriber, account in learned:
+                store.learn_subscriber(subscribers, id_type, id_data, subscriber, account)
+            for session_id, account in owned:
+                store.learn_owner(session_id, account)
+        else:
+            locked, held, found, given = await pipe.round_trip()
         accounts: dict[int, Account] = {}
         mark: tuple[int, int] | None = None
         for row in locked:
@@ -656,27 +688,6 @@ class PgSettler:
         pipe.command(b"COMMIT")
         await pipe.round_trip()
         return outcomes
-
-    async def _learn(
-        self,
-        pipe: Pipe,
-        subscribers: dict[tuple[int, str], tuple[int, int]],
-        missing: set[tuple[int, str]],
-        unknown: list[str],
-    ) -> None:
-        """The accounts of Subscription-Ids and sessions not seen before (facts that never change)."""
-        store = self.store
-        if missing:
-            pipe.query(_SUBSCRIBERS, TextArray(sorted({data for _, data in missing})))
-        if unknown:
-            pipe.query(_OWNERS, TextArray(unknown))
-        results = await pipe.round_trip()
-        if missing:
-            for id_type, id_data, subscriber, account in results.pop(0):
-                store.learn_subscriber(subscribers, id_type, id_data, subscriber, account)
-        if unknown:
-            for session_id, account in results.pop(0):
-                store.learn_owner(session_id, account)
 
     async def _load_catalog(self, pipe: Pipe, mark: tuple[int, int] | None) -> None:
         """Tariff rows never change, only get added: reload when their count or highest id moved."""
