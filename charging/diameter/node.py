@@ -308,7 +308,10 @@ class DiameterNode:
         self._send_pending(pending)
         limit = self.config.request_timeout if timeout is None else timeout
         try:
-            return await asyncio.wait_for(asyncio.shield(future), limit)
+            # A timeout (or the caller's cancellation) cancels the future itself: every path that settles a
+            # pending request looks whether it is done first, and the pending request goes in ``finally``.
+            async with asyncio.timeout(limit):
+                return await future
         except TimeoutError:
             raise RequestTimeout(f"no answer to {msg.command_name} within {limit} s") from None
         finally:
