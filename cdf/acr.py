@@ -22,6 +22,7 @@ from typing import Any, Generic, TypeVar
 from charging.cdr import RECORD_TYPE_BY_NODE
 from charging.diameter import DICTIONARY, Avp, DiameterError, Message
 from charging.diameter.constants import ResultCode
+from charging.diameter.dictionary import DECODERS
 from charging.diameter.message import HEADER_LENGTH, PLACE_END, AvpContainer, AvpIndex, AvpPlaces
 
 
@@ -350,7 +351,7 @@ def _value(buf: bytes, found: list[int] | None, key: int) -> Any:
     if not found:
         return None
     place = found[0]
-    return _DECODE[key](buf, place >> 32, place & PLACE_END)
+    return DECODERS[key](buf, place >> 32, place & PLACE_END)
 
 
 def _name(buf: bytes, found: list[int] | None, key: int) -> str | None:
@@ -358,7 +359,7 @@ def _name(buf: bytes, found: list[int] | None, key: int) -> str | None:
     if not found:
         return None
     place = found[0]
-    value = int(_DECODE[key](buf, place >> 32, place & PLACE_END))
+    value = int(DECODERS[key](buf, place >> 32, place & PLACE_END))
     return _ENUM_NAMES[key].get(value) or str(value)
 
 
@@ -403,7 +404,6 @@ def _k(name: str) -> int:
     return DICTIONARY.avp(name).key
 
 
-_DECODE = {d.key: d.decode for d in DICTIONARY.by_key.values()}
 _ENUM_NAMES = {d.key: d.enum_by_value for d in DICTIONARY.by_key.values()}
 _SERVICE_INFORMATION = _k("Service-Information")
 _IMS_INFORMATION = _k("IMS-Information")
@@ -510,7 +510,7 @@ def _read_fast(msg: Message, received_at: float) -> Acr | None:
     for key, extension in _EXTENSION_FIELDS:
         found = get(key)
         if found:
-            texts = [_text(_DECODE[key](buf, place >> 32, place & PLACE_END)) for place in found]
+            texts = [_text(DECODERS[key](buf, place >> 32, place & PLACE_END)) for place in found]
             extensions[extension] = texts if len(texts) > 1 else texts[0]
     return Acr(
         **_header_fields(msg, top, record_type, received_at, functionality),
@@ -531,7 +531,7 @@ def _read_fast(msg: Message, received_at: float) -> Acr | None:
         application_servers=_application_servers(buf, index, get(_AS_INFO)),
         ims_communication_service_identifier=_str(buf, get(_ICSI)),
         access_network_information=tuple(
-            _text(_DECODE[_ACCESS](buf, place >> 32, place & PLACE_END)) for place in get(_ACCESS, ())
+            _text(DECODERS[_ACCESS](buf, place >> 32, place & PLACE_END)) for place in get(_ACCESS, ())
         ),
         extensions=extensions,
     )

@@ -641,7 +641,8 @@ class PgSettler:
             keys[(req.session_id, req.request_number)] = None
         # 2. lock them; 3. read buckets, sessions and stored answers: one round trip
         ids = Int8Array(store.accounts_of(subscribers, session_ids))
-        if missing or unknown:
+        learning = bool(missing or unknown)
+        if learning:
             pairs = sorted(missing)
             types, data, sids = Int8Array([t for t, _ in pairs]), TextArray([d for _, d in pairs]), TextArray(unknown)
             pipe.query(_LOCK_LEARNING, ids, types, data, sids)
@@ -651,7 +652,7 @@ class PgSettler:
             pipe.query(_BUCKETS, ids)
         pipe.query(_SESSIONS, TextArray(list(set(session_ids))))
         pipe.query(_ANSWERS, TextArray([k[0] for k in keys]), Int8Array([k[1] for k in keys]))
-        if missing or unknown:
+        if learning:
             pipe.query(_SUBSCRIBERS, types, data)
             pipe.query(_OWNERS, sids)
             locked, held, found, given, learned, owned = await pipe.round_trip()

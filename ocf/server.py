@@ -18,7 +18,7 @@ from typing import Any
 from charging.db import DatabaseUnavailable
 from charging.diameter import Avp, AvpGroup, DiameterError, Message
 from charging.diameter.constants import AppId, CcRequestType, Command, ResultCode
-from charging.diameter.dictionary import DICTIONARY, iter_encoded
+from charging.diameter.dictionary import DECODERS, DICTIONARY, iter_encoded
 from charging.diameter.message import FLAG_PROXIABLE, HEADER_LENGTH, PLACE_END, AvpIndex, AvpPlaces
 from charging.diameter.node import DiameterNode
 from ocf.control import CreditAnswer, CreditRequest, ServiceResult, ServiceUse, Units
@@ -311,7 +311,6 @@ _K = {
 
 
 # -- the fast way: AVPs where the validator found them ----------------------------------------------------------
-_DECODERS: dict[int, Callable[[bytes, int, int], Any]] = {}
 _NONE: list[int] = []
 
 
@@ -325,11 +324,11 @@ def _value(buf: bytes, found: AvpPlaces, key: int) -> Any:
     if places is None:
         return None
     place = places[0]
-    return _DECODERS[key](buf, place >> 32, place & PLACE_END)
+    return DECODERS[key](buf, place >> 32, place & PLACE_END)
 
 
 def _values(buf: bytes, found: AvpPlaces, key: int) -> list[Any]:
-    decode = _DECODERS[key]
+    decode = DECODERS[key]
     return [decode(buf, place >> 32, place & PLACE_END) for place in found.get(key, _NONE)]
 
 
@@ -421,29 +420,6 @@ _CC_TIME, _CC_TOTAL, _CC_INPUT, _CC_OUTPUT, _CC_SSU, _CC_MONEY = (
         "CC-Money",
     )
 )
-for _k in (
-    _SESSION_ID,
-    _ORIGIN_HOST,
-    _ORIGIN_REALM,
-    _CONTEXT,
-    _REQUEST_TYPE,
-    _REQUEST_NUMBER,
-    _REQUESTED_ACTION,
-    _RATING_GROUP,
-    _SERVICE_IDENTIFIER,
-    _REASON,
-    _SUB_TYPE,
-    _SUB_DATA,
-    _ICID,
-    _CALLED,
-    _REQUESTED_PARTY,
-    _CC_TIME,
-    _CC_TOTAL,
-    _CC_INPUT,
-    _CC_OUTPUT,
-    _CC_SSU,
-):
-    _DECODERS[_k] = DICTIONARY.by_key[_k].decode
 
 
 def _units_key(units: Units | None) -> tuple[str | None, int | None, int | None]:

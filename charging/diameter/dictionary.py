@@ -494,3 +494,5 @@ def iter_encoded(value: Any, dictionary: Dictionary) -> Iterable[bytes]:
 
 
 DICTIONARY = Dictionary.standard()
+# Each AVP's value decoder by key (code | vendor << 32), for readers that take values from ``Message.avp_index``.
+DECODERS: dict[int, Callable[[bytes, int, int], Any]] = {d.key: d.decode for d in DICTIONARY.by_key.values()}
