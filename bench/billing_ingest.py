@@ -8,15 +8,22 @@ Run from the repository root::
 
 It fills a fresh topic (4 partitions) with N CDRs of an IMS voice/messaging mix (90 % of
 them for 100 subscribed accounts on a tariff with peak/off-peak bands, destinations and
-interconnect; 10 % for unknown parties, stored unassigned), then reads the whole topic twice,
+interconnect; 10 % for unknown parties, stored unassigned), then reads the whole topic three times,
 each time as a new consumer group from the earliest offset:
 
 * baseline: a plain kafka-python consumer that polls and does nothing with the records;
+* ceiling: the same consumer parsing every record as billing must before anything else
+  (``billing.ingest.parse``: schema validation, usage, limits; it is how poison is found), storing
+  nothing: no billing consumer in one process can go faster;
 * billing: ``BillingConsumer`` rounds as ``BillingConsumer.run`` does them (poll and parse a
   batch while the store thread runs the previous one's transaction, which stores, rates, books
   usage and invoice lines; then that batch's offset commit).
 
-Both read with the same consumer settings (``charging.broker.consumer_config``), the same
+On SQLite it then measures the floor of the store: the CPU SQLite's own code spends inserting again
+the rows billing stored (``sqlite_floor``), which bounds any number of consumers, SQLite having one
+writer.
+
+All read with the same consumer settings (``charging.broker.consumer_config``), the same
 ``--batch`` records per poll, and the garbage-collector settings ``charging serve`` runs with
 (``charging.serve.tune_gc``).  Each clock starts with the first poll made once the consumer has
 joined its group, so the join (seconds, on tansu) is not counted but the fetch of the first
@@ -31,7 +38,7 @@ consumer, in one consumer group sharing the 4 partitions (the baseline stays one
 processes hold back until each has its share of the partitions, so that no rebalance falls into
 the measurement, and the output says how many ran on how many cores.  The last line is one JSON object:
 ``{"cdr_per_s": N, "raw_consume_per_s": N, "ratio": R, "billing_consumers": N, "cores": N,
-"raw_cpu_us_per_record": X, "billing_cpu_us_per_cdr": X}``.
+"raw_cpu_us_per_record": X, "validate_only_per_s": N, "validate_only_ratio": R, "billing_cpu_us_per_cdr": X}``.
 """
 
 from __future__ import annotations
@@ -43,6 +50,8 @@ import os
 import platform
 import queue
 import random
+import shutil
+import sqlite3
 import sys
 import tempfile
 import time
@@ -61,6 +70,7 @@ from sqlalchemy import Engine, func, select, text
 from billing import models
 from billing.catalog import AccountSpec, create_account, set_tariff
 from billing.consumer import Batch, BillingConsumer
+from billing.ingest import parse
 from billing.rating import (
     DestinationRate,
     InterconnectPartner,
@@ -186,7 +196,11 @@ def _join(kafka: KafkaConsumer) -> None:
     kafka.seek_to_beginning(*kafka.assignment())
 
 
-def raw_consume(bootstrap: str, topic: str, count: int, batch: int) -> tuple[float, float, int]:
+def raw_consume(
+    bootstrap: str, topic: str, count: int, batch: int, *, validate: bool = False
+) -> tuple[float, float, int]:
+    """A plain consumer that does nothing with the records; ``validate``: that parses each as billing does
+    first (``billing.ingest.parse``: the schema, the usage, the limits) and keeps nothing."""
     consumer = KafkaConsumer(**consumer_config(bootstrap, f"bench-raw-{uuid.uuid4().hex[:8]}", max_poll_records=batch))
     consumer.subscribe([topic])
     _join(consumer)
@@ -196,7 +210,12 @@ def raw_consume(bootstrap: str, topic: str, count: int, batch: int) -> tuple[flo
         while seen < count:
             clock.poll(bool(consumer.assignment()))
             records = consumer.poll(timeout_ms=200, max_records=batch)
-            got = sum(len(messages) for messages in records.values())
+            got = 0
+            for messages in records.values():
+                got += len(messages)
+                if validate:
+                    for message in messages:
+                        parse(message.value)
             clock.delivered(got)
             seen += got
         return clock.stop(count)
@@ -344,6 +363,49 @@ def _check(workers: list[Any]) -> None:
         raise RuntimeError(f"billing consumer processes failed (exit codes {failed})")
 
 
+def sqlite_floor(path: Path, batch: int) -> float:
+    """CPU microseconds per CDR that SQLite's own code spends storing the rows billing stored, and nothing
+    else: the CDRs and their charges of the measured run, read back and inserted again into a copy of the
+    database emptied of them, ``batch`` CDRs per transaction, with the pragmas of ``charging.db``
+    (foreign keys, WAL, synchronous FULL).  SQLite has one writer: this is a floor under any consumer."""
+    copy = path.with_name("floor.db")
+    with sqlite3.connect(path) as source:
+        cdrs = source.execute("SELECT * FROM billing_cdrs ORDER BY id").fetchall()
+        charges = source.execute("SELECT * FROM billing_charges ORDER BY cdr_row_id").fetchall()
+    shutil.copyfile(path, copy)
+    db = sqlite3.connect(copy, isolation_level=None)
+    try:
+        for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON"):
+            db.execute(f"PRAGMA {pragma}")
+        db.execute("DELETE FROM billing_charges")
+        db.execute("DELETE FROM billing_cdrs")
+        insert_cdr = f"INSERT INTO billing_cdrs VALUES ({','.join('?' * len(cdrs[0]))})"
+        insert_charge = f"INSERT INTO billing_charges VALUES ({','.join('?' * len(charges[0]))})"
+        of_cdr = _column(db, "billing_charges", "cdr_row_id")
+        cdr_id = _column(db, "billing_cdrs", "id")
+        started = time.process_time()
+        taken = 0
+        for first in range(0, len(cdrs), batch):
+            rows = cdrs[first : first + batch]
+            last_id = rows[-1][cdr_id]
+            end = taken
+            while end < len(charges) and charges[end][of_cdr] <= last_id:
+                end += 1
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany(insert_cdr, rows)
+            db.executemany(insert_charge, charges[taken:end])
+            db.execute("COMMIT")
+            taken = end
+        return (time.process_time() - started) / len(cdrs) * 1e6
+    finally:
+        db.close()
+        copy.unlink()
+
+
+def _column(db: sqlite3.Connection, table: str, name: str) -> int:
+    return [row[1] for row in db.execute(f"PRAGMA table_info({table})")].index(name)
+
+
 def prepare_database(url: str) -> Engine:
     schema = None
     if url.startswith("postgresql"):
@@ -404,6 +466,16 @@ def main(argv: list[str] | None = None) -> int:
             f" {raw_cpu_us:.1f} us CPU per record)"
         )
 
+        # The ceiling of any billing consumer in one process: the baseline's work plus the validation that
+        # billing cannot skip (it is how poison is found), storing nothing.
+        parse_seconds, parse_cpu, parse_measured = raw_consume(bootstrap, topic, args.count, args.batch, validate=True)
+        parse_rate = parse_measured / parse_seconds
+        parse_cpu_us = parse_cpu / parse_measured * 1e6
+        print(
+            f"ceiling:  plain consumer + validation    {parse_rate:10.0f} records/s  ({parse_seconds:.2f} s,"
+            f" {parse_cpu_us:.1f} us CPU per record; ratio {parse_rate / raw_rate:.2f}; nothing stored)"
+        )
+
         if args.consumers == 1:
             billing_seconds, billing_cpu, measured = billing_consume(engine, bootstrap, topic, args.count, args.batch)
             who = "1 consumer"
@@ -430,6 +502,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {stored} CDRs stored, expected {args.count}", file=sys.stderr)
             return 1
         engine.dispose()
+        floor: dict[str, float] = {}
+        if url.startswith("sqlite:///"):
+            floor_us = sqlite_floor(Path(url.removeprefix("sqlite:///")), args.batch)
+            floor = {
+                "sqlite_floor_us_per_cdr": round(floor_us, 1),
+                "sqlite_floor_ratio": round(1e6 / floor_us / raw_rate, 3),
+            }
+            print(
+                f"floor:    SQLite's own code alone stores these rows at {floor_us:.1f} us CPU per CDR:"
+                f" one writer, at most {1e6 / floor_us:.0f} CDRs/s, ratio {floor['sqlite_floor_ratio']:.2f}"
+            )
         if schema:
             with make_engine(url).begin() as conn:
                 conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
@@ -442,7 +525,10 @@ def main(argv: list[str] | None = None) -> int:
                     "billing_consumers": args.consumers,
                     "cores": cores,
                     "raw_cpu_us_per_record": round(raw_cpu_us, 1),
+                    "validate_only_per_s": round(parse_rate),
+                    "validate_only_ratio": round(parse_rate / raw_rate, 3),
                     "billing_cpu_us_per_cdr": round(billing_cpu_us, 1),
+                    **floor,
                 }
             )
         )
