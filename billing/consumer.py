@@ -53,7 +53,7 @@ from billing.ingest import (
 from billing.settings import BillingSettings
 from charging.broker import consumer_config, producer_config
 from charging.clock import Clock, SystemClock, utc
-from charging.db import unavailable
+from charging.db import WriterTurn, unavailable
 from charging.metrics import Registry
 
 log = logging.getLogger("charging.billing")
@@ -167,6 +167,7 @@ class BillingConsumer:
         self._recent: deque[tuple[float, int]] = deque()
         self._flight: _Flight | None = None  # the batch in the store thread
         self._store_thread: ThreadPoolExecutor | None = None
+        self._turn = WriterTurn(engine)  # on SQLite, the CDF's and the OCF's writers may share the file
         self._dead_letters_due = 0.0  # monotonic time of the next look for unpublished dead letters
         registry = metrics or Registry()
         self._consumed = registry.counter(
@@ -204,6 +205,7 @@ class BillingConsumer:
         if self._store_thread is not None:
             self._store_thread.shutdown(wait=True)
             self._store_thread = None
+        self._turn.close()
         if self._producer is not None:
             self._producer.close(timeout=5)
             self._producer = None
@@ -363,7 +365,7 @@ class BillingConsumer:
         return outcome
 
     def _store(self, received: list[Received | Incoming], rejected: list[Rejected]) -> BatchOutcome:
-        with self.engine.begin() as conn:
+        with self._turn, self.engine.begin() as conn:
             return store_batch(
                 conn,
                 received,

@@ -3,6 +3,7 @@
 - ``metadata``: the one SQLAlchemy MetaData every package declares its tables on.
 - ``make_engine``: SQLite (WAL, full sync, immediate write transactions) or PostgreSQL.
 - ``migrate``: Alembic ``upgrade heads``; the schema changes only through migrations.
+- ``WriterTurn``: SQLite writers, in any thread or process, wait for each other in the kernel.
 - ``GroupCommitter``: a writer thread that runs units of work from the event loop
   many to a transaction, and resolves each caller only after its COMMIT, so an
   answer that depends on a write never leaves before the write is durable.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import queue
 import threading
 from collections.abc import Callable
@@ -20,6 +22,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, MetaData, create_engine, event, exc
+
+try:
+    import fcntl
+except ImportError:  # Windows: SQLite's own busy wait alone
+    fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger("charging.db")
 
@@ -99,6 +106,55 @@ def unavailable(error: BaseException) -> bool:
     return isinstance(error, exc.OperationalError | exc.InterfaceError | exc.TimeoutError)
 
 
+class WriterTurn:
+    """One writer at a time on a SQLite file, across threads and processes, handed over by the kernel.
+
+    SQLite lets one transaction write at a time (BEGIN IMMEDIATE takes the lock); a writer that finds it
+    taken polls with growing sleeps (up to 100 ms each) until ``busy_timeout``.  Two CDF processes on one
+    file waited so for each other's commits: p99 545 ms instead of 80.  A writer that takes its turn here
+    first sleeps in ``flock`` on ``<database>-writer.lock`` instead and wakes when the turn is free.
+    SQLite's own lock still guards the data; writers that take no turn (the command line, the API's rare
+    writes) wait for it as before.  A no-op for PostgreSQL, in-memory databases, and where there is no
+    ``fcntl`` (Windows).
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.path: str | None = None
+        url = engine.url
+        on_file = url.database not in (None, "", ":memory:") and "mode=memory" not in str(url)
+        if url.get_backend_name() == "sqlite" and on_file and fcntl is not None:
+            self.path = f"{url.database}-writer.lock"
+        self._fd: int | None = None
+        self._threads = threading.Lock()  # flock serves open file descriptions, not threads: one fd, one holder
+
+    def __enter__(self) -> None:
+        if self.path is None:
+            return
+        self._threads.acquire()
+        try:
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(self._fd, fcntl.LOCK_EX)  # waits with the GIL released
+        except BaseException:
+            self._threads.release()
+            raise
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.path is None:
+            return
+        try:
+            if self._fd is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._threads.release()
+
+    def close(self) -> None:
+        with self._threads:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+
 @dataclass(slots=True)
 class _Work:
     fn: Callable[[Connection], Any]
@@ -130,6 +186,7 @@ class GroupCommitter:
         self._queue: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._started = False
+        self._turn = WriterTurn(engine)
         self.batches = 0
         self.units = 0
 
@@ -143,6 +200,7 @@ class GroupCommitter:
             self._queue.put(None)
             self._thread.join()
             self._started = False
+        self._turn.close()
 
     async def run(self, fn: Callable[[Connection], T]) -> T:
         self.start()
@@ -154,7 +212,7 @@ class GroupCommitter:
     def run_sync(self, fn: Callable[[Connection], T]) -> T:
         """Run one unit of work in the caller's thread, in its own transaction."""
         try:
-            with self.engine.begin() as conn:
+            with self._turn, self.engine.begin() as conn:
                 return fn(conn)
         except exc.SQLAlchemyError as error:
             if unavailable(error):
@@ -184,7 +242,7 @@ class GroupCommitter:
     def _execute(self, batch: list[_Work]) -> None:
         results: list[Any] = []
         try:
-            with self.engine.begin() as conn:
+            with self._turn, self.engine.begin() as conn:
                 for work in batch:
                     results.append(work.fn(conn))
         except BaseException as error:

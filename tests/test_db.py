@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
 
 import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, inspect, select
 
-from charging.db import DatabaseUnavailable, GroupCommitter, make_engine, metadata
+from charging.db import DatabaseUnavailable, GroupCommitter, WriterTurn, make_engine, metadata
 from tests.conftest import Database
 
 
@@ -57,3 +62,87 @@ async def test_unreachable_database_is_reported_as_unavailable() -> None:
             await committer.run(lambda conn: conn.exec_driver_sql("SELECT 1"))
     finally:
         committer.stop()
+
+
+def test_a_sqlite_writer_waits_for_the_turn_another_process_holds(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'turns.db'}"
+    engine = make_engine(url)
+    scratch = MetaData()
+    table = Table("scratch_turns", scratch, Column("id", Integer, primary_key=True), Column("by", String(10)))
+    scratch.create_all(engine)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, url],
+        cwd=Path(__file__).resolve().parent.parent,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    committer = GroupCommitter(engine)
+    try:
+        assert holder.stdout is not None and holder.stdin is not None
+        assert holder.stdout.readline().strip() == "holding"
+        done = threading.Event()
+
+        def write() -> None:
+            committer.run_sync(lambda conn: conn.execute(table.insert().values(by="parent")))
+            done.set()
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        # The other process holds the turn but no SQLite lock yet: only the turn keeps this write waiting.
+        assert not done.wait(0.5)
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        assert done.wait(10)
+        writer.join()
+        assert holder.wait(10) == 0
+        with engine.connect() as conn:
+            assert conn.execute(select(table.c.by).order_by(table.c.id)).scalars().all() == ["child", "parent"]
+    finally:
+        committer.stop()
+        holder.kill()
+        engine.dispose()
+
+
+# The other process: takes its turn, and once told to go on, writes inside it.
+_HOLDER = """
+import sys
+from charging.db import WriterTurn, make_engine
+engine = make_engine(sys.argv[1])
+with WriterTurn(engine):
+    print("holding", flush=True)
+    sys.stdin.readline()
+    with engine.begin() as conn:
+        conn.exec_driver_sql("INSERT INTO scratch_turns (by) VALUES ('child')")
+"""
+
+
+def test_threads_sharing_one_turn_take_it_one_at_a_time(tmp_path: Path) -> None:
+    turn = WriterTurn(make_engine(f"sqlite:///{tmp_path / 'threads.db'}"))
+    inside = 0
+    most = 0
+    guard = threading.Lock()
+
+    def work() -> None:
+        nonlocal inside, most
+        for _ in range(50):
+            with turn:
+                with guard:
+                    inside += 1
+                    most = max(most, inside)
+                time.sleep(0.0005)  # let the other threads run while this one holds the turn
+                with guard:
+                    inside -= 1
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    turn.close()
+    assert most == 1
+
+
+def test_postgres_and_memory_databases_take_no_turn() -> None:
+    assert WriterTurn(make_engine("sqlite://")).path is None
+    assert WriterTurn(make_engine("postgresql+psycopg://postgres@127.0.0.1:1/none")).path is None
