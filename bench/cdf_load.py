@@ -42,7 +42,7 @@ from typing import Any
 
 from sqlalchemy import text
 
-from bench.loadgen import LoadResult
+from bench.loadgen import LoadResult, result_code
 from bench.messages import ims_acr, sdp_media
 from charging import eventloop
 from charging.broker import EmbeddedBroker, consumer_config, create_topic, free_port
@@ -113,7 +113,7 @@ async def play_calls(load: Load, node: DiameterNode, functionality: str, worker:
                     load.failures += 1
                     await asyncio.sleep(0.05)
                     continue
-                code = aca.get("Result-Code", 0)
+                code = result_code(aca)
                 if code == 2001:
                     break
                 load.failures += 1

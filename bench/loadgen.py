@@ -15,14 +15,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import statistics
-import struct
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-from charging.diameter import DICTIONARY, Message
-from charging.diameter.message import HEADER_LENGTH
+from charging.diameter import Message
 from charging.diameter.node import DiameterNode, NodeConfig, PeerConfig
 from charging.diameter.peer import LocalIdentity, Timers
 
@@ -104,25 +102,11 @@ class Context:
 
 Scenario = Callable[[Context], Awaitable[None]]
 
-_AVP_HEAD = struct.Struct(">II")
-_RESULT_CODE = DICTIONARY.avp("Result-Code").code
-
 
 def result_code(answer: Message) -> int:
-    """The answer's Result-Code (0 when it has none), read off its top-level AVP headers: splitting every
-    answer into AVP objects cost the load generator, which shares the machine with the server, a tenth
-    of its CPU."""
-    buf = answer.to_bytes()
-    offset, end = HEADER_LENGTH, len(buf)
-    while end - offset >= 12:
-        code, flags_length = _AVP_HEAD.unpack_from(buf, offset)
-        length = flags_length & 0xFFFFFF
-        if code == _RESULT_CODE and length == 12 and not flags_length & 0x80000000:
-            return int.from_bytes(buf[offset + 8 : offset + 12], "big")
-        if length < 8:
-            break
-        offset += (length + 3) & ~3
-    return 0
+    """The answer's Result-Code (0 when it has none), read off its AVP headers: splitting every answer into
+    AVP objects cost the load generator, which shares the machine with the server, a tenth of its CPU."""
+    return answer.result_code() or 0
 
 
 @dataclass

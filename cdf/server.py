@@ -11,6 +11,7 @@ from charging.clock import Clock
 from charging.db import DatabaseUnavailable
 from charging.diameter import DiameterError, Message
 from charging.diameter.constants import ResultCode
+from charging.diameter.dictionary import DICTIONARY
 from charging.diameter.node import DiameterNode
 from charging.diameter.peer import Peer
 from charging.metrics import Registry
@@ -18,7 +19,10 @@ from charging.metrics import Registry
 log = logging.getLogger("charging.cdf")
 
 # AVPs of the ACR that RFC 6733 9.7.2 has the ACA carry back unchanged.
-_ECHOED = ("User-Name", "Accounting-Sub-Session-Id", "Acct-Session-Id", "Acct-Multi-Session-Id")
+_ECHOED = tuple(
+    DICTIONARY.avp(name).key
+    for name in ("User-Name", "Accounting-Sub-Session-Id", "Acct-Session-Id", "Acct-Multi-Session-Id")
+)
 
 
 class RfServer:
@@ -86,10 +90,9 @@ class RfServer:
                 ("Acct-Application-Id", 3),
             ],
         )
-        for name in _ECHOED:
-            found = msg.avp(name)
-            if found is not None:
-                aca.add_avp(found)
+        for key in _ECHOED:
+            for found in msg.encoded(key)[:1]:
+                aca.add_raw(found)
         if self.interim_interval and acr.record_type in (AcrType.START, AcrType.INTERIM):
             aca.add("Acct-Interim-Interval", self.interim_interval)
         return aca

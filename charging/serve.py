@@ -94,10 +94,8 @@ class DiameterMetrics:
         elif direction == "send" and not msg.is_request:
             started = self._arrivals.pop((host, msg.hop_by_hop), None)
             command = msg.command_name
-            try:
-                result = str(msg.get("Result-Code", "none"))
-            except Exception:  # an answer being counted must not break sending it
-                result = "undecodable"
+            code = msg.result_code()
+            result = "none" if code is None else str(code)
             self.requests.inc(command, result)
             if started is not None:
                 self.latency.observe(time.perf_counter() - started, command)

@@ -12,6 +12,7 @@ from charging.diameter import DICTIONARY, Avp, AvpDecodeError, Message, MessageF
 from charging.diameter.framing import Framer, FramingError
 from charging.diameter.message import FLAG_PROXIABLE, FLAG_REQUEST, parse_avps
 from charging.diameter.types import NTP_ERA1, ntp_to_datetime
+from charging.diameter.validation import Validator
 
 
 def roundtrip(name: str, value: object) -> object:
@@ -197,6 +198,28 @@ def test_answer_copies_session_id_first_and_proxy_info() -> None:
     assert ans.avps[0].name == "Session-Id"
     assert ans["Proxy-Info"]["Proxy-State"] == b"state"
     assert (ans.hop_by_hop, ans.end_to_end, ans.is_request, ans.is_proxiable) == (7, 8, False, True)
+
+
+def test_encoded_avps_read_through_the_validators_index_are_the_avps_as_sent() -> None:
+    req = sample_ccr()
+    req.add("Proxy-Info", {"Proxy-Host": "relay.net", "Proxy-State": b"one"})
+    req.add("Proxy-Info", {"Proxy-Host": "relay2.net", "Proxy-State": b"two"})
+    req.add_raw(struct.pack(">IIII", 4242, 0x80 << 24 | 16, 0, 0x5A5A5A5A))  # V set with a vendor id of 0
+    req.add_raw(Avp.from_raw(4243, b"odd", vendor_id=10415, flags=0x80).to_bytes())  # length not a multiple of 4
+    raw = req.to_bytes()
+    checked = Message.decode(raw)
+    Validator().check(checked)
+    assert checked.avp_index is not None
+    plain = Message.decode(raw)  # not validated: the AVPs are split
+    keys = [a.code | a.vendor_id << 32 for a in plain.avps] + [999_999]
+    for key in keys:
+        assert checked.encoded(key) == plain.encoded(key), key
+    proxies = checked.encoded(DICTIONARY.avp("Proxy-Info").key)
+    assert [parse_avps(avp, 0, len(avp))[0].value["Proxy-State"] for avp in proxies] == [b"one", b"two"]
+    assert checked.encoded(4243 | 10415 << 32) == [Avp.from_raw(4243, b"odd", 10415, 0x80).to_bytes()]
+    assert checked.encoded(4242) == [struct.pack(">IIII", 4242, 0x80 << 24 | 16, 0, 0x5A5A5A5A)]
+    answer = checked.answer([("Result-Code", 2001)])
+    assert answer.to_bytes() == plain.answer([("Result-Code", 2001)]).to_bytes()
 
 
 def test_set_and_remove_edit_a_received_message() -> None:

@@ -48,6 +48,9 @@ _AVP_HEADER = struct.Struct(">II")
 _U32 = struct.Struct(">I")
 _UNSET: Any = object()
 _BY_NAME = DICTIONARY.by_name
+_SESSION_ID_KEY = _BY_NAME["Session-Id"].key
+_PROXY_INFO_KEY = _BY_NAME["Proxy-Info"].key
+_RESULT_CODE = _BY_NAME["Result-Code"].code
 _BY_KEY = DICTIONARY.by_key
 
 
@@ -349,16 +352,10 @@ class Message(AvpContainer):
         first), and the Proxy-Info AVPs are copied as section 6.2 requires.
         """
         ans = Message(self.code, self.app_id, self.flags & FLAG_PROXIABLE, self.hop_by_hop, self.end_to_end)
-        session = self.avp("Session-Id")
-        tail: list[bytes] = []
-        if session is not None:
-            tail.append(session.to_bytes())
+        tail = self.encoded(_SESSION_ID_KEY)[:1]
         if avps:
             tail.extend(iter_encoded(avps, DICTIONARY))
-        proxy_info = _BY_NAME["Proxy-Info"]
-        for avp in self._avp_list():
-            if avp.code == proxy_info.code and avp.vendor_id == 0:
-                tail.append(avp.to_bytes())
+        tail.extend(self.encoded(_PROXY_INFO_KEY))
         if tail:
             ans._tail = tail
             ans._avps = None
@@ -388,6 +385,25 @@ class Message(AvpContainer):
         return msg
 
     # -- AVP list ---------------------------------------------------------------------
+    def encoded(self, key: int) -> list[bytes]:
+        """The top-level AVPs with this key (code | vendor id << 32) as they are encoded, padding included.
+
+        On a message as the validator saw it, read where its index says, without splitting the AVPs."""
+        index = self.avp_index
+        if index is None or self._tail is not None or self._off != HEADER_LENGTH:
+            code, vendor_id = key & PLACE_END, key >> 32
+            return [avp.to_bytes() for avp in self._avp_list() if avp.code == code and avp.vendor_id == vendor_id]
+        buf = self._buf
+        found = []
+        for place in index[HEADER_LENGTH].get(key, ()):
+            data, end = place >> 32, place & PLACE_END
+            start = data - 8
+            # The 8-octet header unless its flags have V or its length does not fit (a vendor id of 0 with V).
+            if key >> 32 or buf[start + 4] & AVP_FLAG_VENDOR or int.from_bytes(buf[start + 5 : data]) != end - start:
+                start = data - 12
+            found.append(buf[start : (end + 3) & ~3])
+        return found
+
     def _body(self) -> tuple[bytes, int]:
         tail = self._tail
         if tail:
@@ -479,6 +495,21 @@ class Message(AvpContainer):
     @property
     def is_retransmit(self) -> bool:
         return bool(self.flags & FLAG_RETRANSMIT)
+
+    def result_code(self) -> int | None:
+        """The top-level Result-Code, read off the AVP headers without splitting the AVPs (an answer's
+        Result-Code is read for every answer counted or checked)."""
+        buf, offset = self._body()
+        end = len(buf)
+        while end - offset >= 12:
+            code, flags_length = _AVP_HEADER.unpack_from(buf, offset)
+            length = flags_length & 0xFFFFFF
+            if code == _RESULT_CODE and length == 12 and not flags_length & 0x80000000:
+                return int(_U32.unpack_from(buf, offset + 8)[0])
+            if length < 8:
+                return None
+            offset += (length + 3) & ~3
+        return None
 
     @property
     def command_name(self) -> str:
