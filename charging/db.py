@@ -135,6 +135,11 @@ class WriterTurn:
             if self._fd is None:
                 self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
             fcntl.flock(self._fd, fcntl.LOCK_EX)  # waits with the GIL released
+        except OSError as error:
+            # Turns are a courtesy among writers, not a guard: without them SQLite's own lock still is one.
+            log.warning("SQLite writers take no turns (%s: %s); they wait in SQLite instead", self.path, error)
+            self.path = None
+            self._threads.release()
         except BaseException:
             self._threads.release()
             raise

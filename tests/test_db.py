@@ -146,3 +146,15 @@ def test_threads_sharing_one_turn_take_it_one_at_a_time(tmp_path: Path) -> None:
 def test_postgres_and_memory_databases_take_no_turn() -> None:
     assert WriterTurn(make_engine("sqlite://")).path is None
     assert WriterTurn(make_engine("postgresql+psycopg://postgres@127.0.0.1:1/none")).path is None
+
+
+def test_a_turn_that_cannot_be_taken_leaves_the_writes_to_sqlite_alone(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'plain.db'}")
+    committer = GroupCommitter(engine)
+    (tmp_path / "plain.db-writer.lock").mkdir()  # in the way: the lock file cannot be opened
+    try:
+        assert committer.run_sync(lambda conn: conn.exec_driver_sql("SELECT 1").scalar()) == 1
+        assert committer._turn.path is None
+    finally:
+        committer.stop()
+        engine.dispose()
