@@ -365,7 +365,7 @@ class BillingConsumer:
         return outcome
 
     def _store(self, received: list[Received | Incoming], rejected: list[Rejected]) -> BatchOutcome:
-        with self._turn, self.engine.begin() as conn:
+        with self._turn.begin() as conn:
             return store_batch(
                 conn,
                 received,

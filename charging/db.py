@@ -16,7 +16,8 @@ import logging
 import os
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -119,6 +120,7 @@ class WriterTurn:
     """
 
     def __init__(self, engine: Engine) -> None:
+        self.engine = engine
         self.path: str | None = None
         url = engine.url
         on_file = url.database not in (None, "", ":memory:") and "mode=memory" not in str(url)
@@ -152,6 +154,12 @@ class WriterTurn:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
         finally:
             self._threads.release()
+
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        """``engine.begin()`` in this writer's turn: the turn first, then SQLite's BEGIN IMMEDIATE."""
+        with self, self.engine.begin() as conn:
+            yield conn
 
     def close(self) -> None:
         with self._threads:
@@ -217,7 +225,7 @@ class GroupCommitter:
     def run_sync(self, fn: Callable[[Connection], T]) -> T:
         """Run one unit of work in the caller's thread, in its own transaction."""
         try:
-            with self._turn, self.engine.begin() as conn:
+            with self._turn.begin() as conn:
                 return fn(conn)
         except exc.SQLAlchemyError as error:
             if unavailable(error):
@@ -247,7 +255,7 @@ class GroupCommitter:
     def _execute(self, batch: list[_Work]) -> None:
         results: list[Any] = []
         try:
-            with self._turn, self.engine.begin() as conn:
+            with self._turn.begin() as conn:
                 for work in batch:
                     results.append(work.fn(conn))
         except BaseException as error:

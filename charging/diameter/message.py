@@ -51,6 +51,7 @@ _BY_NAME = DICTIONARY.by_name
 _SESSION_ID_KEY = _BY_NAME["Session-Id"].key
 _PROXY_INFO_KEY = _BY_NAME["Proxy-Info"].key
 _RESULT_CODE = _BY_NAME["Result-Code"].code
+_VENDOR_BIT = AVP_FLAG_VENDOR << 24  # the V flag in an AVP header's flags-and-length word
 _BY_KEY = DICTIONARY.by_key
 
 
@@ -391,8 +392,7 @@ class Message(AvpContainer):
         On a message as the validator saw it, read where its index says, without splitting the AVPs."""
         index = self.avp_index
         if index is None or self._tail is not None or self._off != HEADER_LENGTH:
-            code, vendor_id = key & PLACE_END, key >> 32
-            return [avp.to_bytes() for avp in self._avp_list() if avp.code == code and avp.vendor_id == vendor_id]
+            return [avp.to_bytes() for avp in self._avp_list() if avp.key == key]
         buf = self._buf
         found = []
         for place in index[HEADER_LENGTH].get(key, ()):
@@ -504,7 +504,7 @@ class Message(AvpContainer):
         while end - offset >= 12:
             code, flags_length = _AVP_HEADER.unpack_from(buf, offset)
             length = flags_length & 0xFFFFFF
-            if code == _RESULT_CODE and length == 12 and not flags_length & 0x80000000:
+            if code == _RESULT_CODE and length == 12 and not flags_length & _VENDOR_BIT:
                 return int(_U32.unpack_from(buf, offset + 8)[0])
             if length < 8:
                 return None
