@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, inspect, select
 
-from charging.db import DatabaseUnavailable, GroupCommitter, WriterTurn, make_engine, metadata
+from charging.db import WAL_CHECKPOINT_PAGES, DatabaseUnavailable, GroupCommitter, WriterTurn, make_engine, metadata
 from tests.conftest import Database
 
 
@@ -158,3 +158,20 @@ def test_a_turn_that_cannot_be_taken_leaves_the_writes_to_sqlite_alone(tmp_path:
     finally:
         committer.stop()
         engine.dispose()
+
+
+def test_sqlite_connections_commit_durably_and_checkpoint_every_16_mb(tmp_path: Path) -> None:
+    # WAL with synchronous FULL is what lets an answer leave once its COMMIT returned: the WAL is on disk.
+    engine = make_engine(f"sqlite:///{tmp_path / 'durable.db'}")
+    try:
+        with engine.connect() as conn:
+            settings = {
+                name: conn.exec_driver_sql(f"PRAGMA {name}").scalar()
+                for name in ("journal_mode", "synchronous", "wal_autocheckpoint", "page_size")
+            }
+    finally:
+        engine.dispose()
+    assert settings["journal_mode"] == "wal"
+    assert settings["synchronous"] == 2  # FULL
+    assert settings["wal_autocheckpoint"] == WAL_CHECKPOINT_PAGES
+    assert WAL_CHECKPOINT_PAGES * int(settings["page_size"] or 0) == 16_384_000
