@@ -80,6 +80,36 @@ def _insert(conn: Connection, table: Any) -> postgresql.Insert | sqlite.Insert:
     return sqlite.insert(table)
 
 
+@dataclass(slots=True)
+class PreparedWrite:
+    """A batch assembled before its transaction, on the records as this store last wrote them: what the
+    transaction writes when the database agrees (every ACR new, every record at the version remembered)."""
+
+    acrs: Sequence[Acr]
+    first_of_key: dict[AcrKey, int]  # the index of each key's first ACR in the batch
+    log_rows: list[tuple[Any, ...]]
+    keys: list[RecordKey]  # sorted
+    remembered: list[int | None]  # the version remembered for each of ``keys``, None: no record
+    verdicts: list[Verdict]
+    failed: list[Acr]
+    rows: _RecordRows
+    closed: list[ClosedRecord]
+    now: float
+    last_number: int | None  # the local record sequence number ``cdrs`` end with; None: not numbered yet
+    cdrs: list[Cdr]
+    outbox_rows: list[tuple[Any, ...]]
+
+
+@dataclass(slots=True)
+class _RecordRows:
+    """What a batch changes in cdf_record, and what the store remembers once it committed."""
+
+    gone: list[RecordKey]
+    opened: list[tuple[Any, ...]]
+    changed: list[tuple[Any, ...]]
+    written: list[tuple[RecordKey, Known]]
+
+
 class _Redo(Exception):
     """An ACR of the batch failed in the assembly: assemble again, copying before every ACR."""
 
@@ -372,34 +402,114 @@ class CdfStore:
         self._known: dict[RecordKey, Known] = {}  # insertion order = least recently written first
         self.records_remembered = 0  # records taken from memory
         self.records_read = 0  # records read from the database (not remembered, or written elsewhere)
+        self._last_number: int | None = None  # the last local record sequence number this store took
+        self.prepared_written = 0  # batches written as prepared (the database agreed with the preparation)
 
     # -- ACRs -----------------------------------------------------------------------------------------------
-    def write_acrs(self, conn: Connection, acrs: Sequence[Acr]) -> WriteResult:
-        """Store a batch of ACRs: duplicates out, records updated, closed CDRs into the outbox."""
+    def prepare(self, acrs: Sequence[Acr]) -> PreparedWrite | None:
+        """Assemble ``acrs`` ahead of their transaction, outside the writers' turn: on the records as this store
+        last wrote them, every ACR taken for new, the CDRs numbered after the last number this store took.
+        ``write_acrs`` checks all three in the transaction and assembles again where the database disagrees.
+        None when the preparation itself failed (logged): the transaction then does all the work."""
+        try:
+            first_of_key = self._first_of_key(acrs)
+            fresh = list(first_of_key.values())
+            keys = sorted({(acrs[i].origin_host, acrs[i].session_id) for i in fresh})
+            known = self._known
+            remembered = [entry[0] if (entry := known.get(key)) is not None else None for key in keys]
+            base = {key: entry for key in keys if (entry := known.get(key)) is not None}
+            verdicts: list[Verdict] = [Verdict.DUPLICATE] * len(acrs)
+            states, closed, failed = self._assemble_batch(acrs, fresh, base, verdicts)
+            now = max(acrs[i].received_at for i in fresh)
+            last = None if self._last_number is None or not closed else self._last_number + len(closed)
+            cdrs, outbox_rows = self._numbered(closed, last, now) if last is not None else ([], [])
+            return PreparedWrite(
+                acrs,
+                first_of_key,
+                self._log_rows(acrs, first_of_key),
+                keys,
+                remembered,
+                verdicts,
+                failed,
+                self._record_rows(base, states),
+                closed,
+                now,
+                last,
+                cdrs,
+                outbox_rows,
+            )
+        except Exception:
+            log.exception("a batch of %d ACRs could not be prepared; its transaction assembles it", len(acrs))
+            return None
+
+    def write_acrs(self, conn: Connection, acrs: Sequence[Acr], prepared: PreparedWrite | None = None) -> WriteResult:
+        """Store a batch of ACRs: duplicates out, records updated, closed CDRs into the outbox.  With
+        ``prepared`` (``prepare(acrs)``), what was assembled ahead is written when the database agrees."""
         db = _statements(conn)
-        verdicts: list[Verdict] = [Verdict.DUPLICATE] * len(acrs)
-        first_of_key: dict[AcrKey, int] = {}
-        for index, acr in enumerate(acrs):
-            first_of_key.setdefault(acr.key, index)
-        cdf_id = self.cdf_id
-        logged = db.log_acrs(
-            [
-                (acr.session_id, acr.origin_host, acr.record_number, int(acr.record_type), acr.received_at, cdf_id)
-                for acr in (acrs[i] for i in first_of_key.values())
-            ]
-        )
+        if prepared is not None:
+            first_of_key, log_rows = prepared.first_of_key, prepared.log_rows
+        else:
+            first_of_key = self._first_of_key(acrs)
+            log_rows = self._log_rows(acrs, first_of_key)
+        logged = db.log_acrs(log_rows)
         fresh = [i for i in first_of_key.values() if acrs[i].key in logged]
         if not fresh:
-            return WriteResult(verdicts)
-        base = self._read(db, sorted({(acrs[i].origin_host, acrs[i].session_id) for i in fresh}))
-        try:
-            states, closed, failed = self._assemble(acrs, fresh, base, verdicts, careful=False)
-        except _Redo:
-            states, closed, failed = self._assemble(acrs, fresh, base, verdicts, careful=True)
+            return WriteResult([Verdict.DUPLICATE] * len(acrs))
+        keys = sorted({(acrs[i].origin_host, acrs[i].session_id) for i in fresh})
+        if (
+            prepared is not None
+            and len(fresh) == len(first_of_key)  # no ACR of the batch was stored before
+            and not db.changed_records(keys, prepared.remembered, self.tag)
+        ):
+            return self._write_prepared(db, prepared)
+        base = self._read(db, keys)
+        verdicts: list[Verdict] = [Verdict.DUPLICATE] * len(acrs)
+        states, closed, failed = self._assemble_batch(acrs, fresh, base, verdicts)
         if failed:
             db.unlog_acrs([a.key for a in failed])
         cdrs = self._persist(db, base, states, closed, now=max(acrs[i].received_at for i in fresh))
         return WriteResult(verdicts, cdrs)
+
+    def _write_prepared(self, db: _Statements, prepared: PreparedWrite) -> WriteResult:
+        rows = prepared.rows
+        self.prepared_written += 1
+        self.records_remembered += sum(1 for version in prepared.remembered if version is not None)
+        if prepared.failed:
+            db.unlog_acrs([a.key for a in prepared.failed])
+        self._write_rows(db, rows)
+        cdrs: list[Cdr] = []
+        if prepared.closed:
+            last = db.next_numbers(self.cdf_id, len(prepared.closed))
+            if last == prepared.last_number:
+                cdrs, outbox_rows = prepared.cdrs, prepared.outbox_rows
+            else:  # numbered ahead on a guess that did not hold (the first batch, another process of this id)
+                cdrs, outbox_rows = self._numbered(prepared.closed, last, prepared.now)
+            self._last_number = last
+            db.insert_outbox(outbox_rows)
+        self._remember(rows.gone, rows.written)
+        return WriteResult(prepared.verdicts, cdrs)
+
+    @staticmethod
+    def _first_of_key(acrs: Sequence[Acr]) -> dict[AcrKey, int]:
+        first_of_key: dict[AcrKey, int] = {}
+        for index, acr in enumerate(acrs):
+            first_of_key.setdefault(acr.key, index)
+        return first_of_key
+
+    def _log_rows(self, acrs: Sequence[Acr], first_of_key: dict[AcrKey, int]) -> list[tuple[Any, ...]]:
+        cdf_id = self.cdf_id
+        return [
+            (acr.session_id, acr.origin_host, acr.record_number, int(acr.record_type), acr.received_at, cdf_id)
+            for acr in (acrs[i] for i in first_of_key.values())
+        ]
+
+    def _assemble_batch(
+        self, acrs: Sequence[Acr], fresh: list[int], base: dict[RecordKey, Known], verdicts: list[Verdict]
+    ) -> tuple[dict[RecordKey, RecordState | None], list[ClosedRecord], list[Acr]]:
+        try:
+            return self._assemble(acrs, fresh, base, verdicts, careful=False)
+        except _Redo:
+            return self._assemble(acrs, fresh, base, verdicts, careful=True)
 
     def _assemble(
         self,
@@ -509,12 +619,20 @@ class CdfStore:
         closed: list[ClosedRecord],
         now: float,
     ) -> list[Cdr]:
-        gone = [key for key, state in states.items() if state is None and key in base]
-        if gone:
-            db.delete_records(gone)
-        opened: list[tuple[Any, ...]] = []
-        changed: list[tuple[Any, ...]] = []
-        written: list[tuple[RecordKey, Known]] = []
+        rows = self._record_rows(base, states)
+        self._write_rows(db, rows)
+        cdrs: list[Cdr] = []
+        if closed:
+            last = db.next_numbers(self.cdf_id, len(closed))
+            self._last_number = last
+            cdrs, outbox_rows = self._numbered(closed, last, now)
+            db.insert_outbox(outbox_rows)
+        self._remember(rows.gone, rows.written)
+        return cdrs
+
+    def _record_rows(self, base: dict[RecordKey, Known], states: dict[RecordKey, RecordState | None]) -> _RecordRows:
+        """The cdf_record rows of the assembled ``states`` (in _RECORD_COLUMNS order), each one version on."""
+        rows = _RecordRows([key for key, state in states.items() if state is None and key in base], [], [], [])
         due_at = self.assembler.due_at
         tag = self.tag
         for key, state in states.items():
@@ -533,31 +651,34 @@ class CdfStore:
                 version,
                 tag,
             )
-            (changed if before is not None else opened).append(row)
-            written.append((key, (version, state)))
-        if opened or changed:
-            db.write_records(opened, changed)
-        cdrs: list[Cdr] = []
-        if closed:
-            last = db.next_numbers(self.cdf_id, len(closed))
-            first = last - len(closed) + 1
-            cdrs = [build_cdr(item, first + n, self.cdf_id) for n, item in enumerate(closed)]
-            db.insert_outbox(
-                [
-                    (
-                        cdr.cdr_id,
-                        cdr.partition_key,
-                        cdr.ims_charging_identifier,
-                        cdr.session_id,
-                        cdr.node_address,
-                        cdr.model_dump_json(),  # what Cdr.to_json gives, as text
-                        now,
-                    )
-                    for cdr in cdrs
-                ]
+            (rows.changed if before is not None else rows.opened).append(row)
+            rows.written.append((key, (version, state)))
+        return rows
+
+    @staticmethod
+    def _write_rows(db: _Statements, rows: _RecordRows) -> None:
+        if rows.gone:
+            db.delete_records(rows.gone)
+        if rows.opened or rows.changed:
+            db.write_records(rows.opened, rows.changed)
+
+    def _numbered(self, closed: list[ClosedRecord], last: int, now: float) -> tuple[list[Cdr], list[tuple[Any, ...]]]:
+        """The CDRs of ``closed``, numbered up to ``last``, and their outbox rows."""
+        first = last - len(closed) + 1
+        cdrs = [build_cdr(item, first + n, self.cdf_id) for n, item in enumerate(closed)]
+        outbox_rows = [
+            (
+                cdr.cdr_id,
+                cdr.partition_key,
+                cdr.ims_charging_identifier,
+                cdr.session_id,
+                cdr.node_address,
+                cdr.model_dump_json(),  # what Cdr.to_json gives, as text
+                now,
             )
-        self._remember(gone, written)
-        return cdrs
+            for cdr in cdrs
+        ]
+        return cdrs, outbox_rows
 
     def _remember(self, gone: list[RecordKey], written: list[tuple[RecordKey, Known]]) -> None:
         """What this batch wrote, as the database will have it once it commits (if it does not, the versions
@@ -662,16 +783,26 @@ class AcrWriter:
     async def _run(self) -> None:
         taken: list[_Waiting] = []
         took = False
+        prepared: PreparedWrite | None = None
+
+        def prepare() -> None:
+            # Before the transaction and the writers' turn: take the ACRs waiting and assemble them.
+            nonlocal took, prepared
+            taken.extend(self._take())
+            took = True
+            prepared = self.store.prepare([w.acr for w in taken])
 
         def unit(conn: Connection) -> WriteResult:
             nonlocal took
-            if not took:  # the GroupCommitter may run a unit again, alone, after its batch failed
+            if not took:  # not prepared (the preparation failed before taking): take them now
                 taken.extend(self._take())
                 took = True
-            return self.store.write_acrs(conn, [w.acr for w in taken])
+            # The GroupCommitter may run a unit again, alone, after its batch failed: the same ACRs, and the
+            # preparation still holds, since the failed transaction left nothing behind.
+            return self.store.write_acrs(conn, [w.acr for w in taken], prepared)
 
         try:
-            result = await self.committer.run(unit)
+            result = await self.committer.run(unit, prepare=prepare)
         except DatabaseUnavailable as exc:
             self.database_ok = False
             if not took:  # the transaction failed before the unit ran: its ACRs are still waiting

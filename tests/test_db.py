@@ -54,6 +54,46 @@ async def test_group_committer_batches_and_isolates_a_failing_unit(database: Dat
         scratch.drop_all(database.engine)
 
 
+async def test_a_units_preparation_runs_once_before_its_transaction(database: Database) -> None:
+    committer = GroupCommitter(database.engine, max_batch=50)
+    steps: list[str] = []
+    try:
+
+        def prepare() -> None:
+            steps.append("prepare")
+
+        def unit(conn):  # type: ignore[no-untyped-def]
+            steps.append("unit")
+            return conn.exec_driver_sql("SELECT 1").scalar()
+
+        def failing(conn):  # type: ignore[no-untyped-def]
+            raise ValueError("fails its batch")
+
+        def broken_prepare() -> None:
+            raise RuntimeError("a defect in the preparation")
+
+        # While the writer is busy, the three queue up and share the next transaction; the failing one then
+        # sends the other two to run again, alone.
+        gate = threading.Event()
+        busy = asyncio.ensure_future(committer.run(lambda conn: gate.wait(10)))
+        while committer._queue.qsize():
+            await asyncio.sleep(0.001)
+        runs = [
+            asyncio.ensure_future(committer.run(unit, prepare=prepare)),
+            asyncio.ensure_future(committer.run(failing)),
+            asyncio.ensure_future(
+                committer.run(lambda conn: conn.exec_driver_sql("SELECT 2").scalar(), prepare=broken_prepare)
+            ),
+        ]
+        await asyncio.sleep(0.05)
+        gate.set()
+        results = await asyncio.gather(busy, *runs, return_exceptions=True)
+        assert results[1] == 1 and isinstance(results[2], ValueError) and results[3] == 2
+        assert steps == ["prepare", "unit", "unit"]
+    finally:
+        committer.stop()
+
+
 async def test_unreachable_database_is_reported_as_unavailable() -> None:
     engine = make_engine("postgresql+psycopg://postgres@127.0.0.1:1/none")
     committer = GroupCommitter(engine)

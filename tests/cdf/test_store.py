@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 from sqlalchemy import func, select, update
 
+from bench.messages import sdp_media
 from cdf.acr import Acr
 from cdf.assembly import Assembler, AssemblyConfig, Outcome, RecordState
-from cdf.models import acr_log, outbox
+from cdf.models import acr_log, outbox, record
 from cdf.queries import list_cdrs
 from cdf.store import CdfStore, Verdict, WriteResult, hold_lease
 from tests.cdf.acrs import T0, acr
@@ -156,3 +160,114 @@ def test_only_the_most_recently_written_records_are_remembered(database: Databas
     assert (store.records_remembered, store.records_read) == (2, 2)
     cdrs = write(database, store, *(acr("STOP", 2, session=f"s{n}", at=T0 + 9) for n in range(4))).cdrs
     assert [c.accounting_record_numbers for c in cdrs] == [[0, 1, 2]] * 4
+
+
+# -- batches prepared before their transaction ------------------------------------------------------------------
+def write_prepared(database: Database, store: CdfStore, *acrs: Acr) -> WriteResult:
+    prepared = store.prepare(list(acrs))
+    assert prepared is not None
+    with database.engine.begin() as conn:
+        return store.write_acrs(conn, list(acrs), prepared)
+
+
+def stored_rows(database: Database) -> tuple[list[Any], ...]:
+    with database.engine.connect() as conn:
+        records = conn.execute(select(record).order_by(record.c.origin_host, record.c.session_id)).all()
+        cdrs = conn.execute(select(outbox.c.cdr_id, outbox.c.payload, outbox.c.created_at).order_by(outbox.c.id)).all()
+        logged = conn.execute(
+            select(acr_log).order_by(acr_log.c.session_id, acr_log.c.origin_host, acr_log.c.record_number)
+        ).all()
+    return [tuple(r) for r in records], [tuple(r) for r in cdrs], [tuple(r) for r in logged]
+
+
+CALL_BATCHES = [
+    [acr("START", 0, session="a"), acr("START", 0, session="b"), acr("EVENT", 0, session="e")],
+    [
+        acr("INTERIM", 1, session="a", at=T0 + 10, media=sdp_media(video=True)),  # closes a partial record
+        acr("INTERIM", 1, session="a", at=T0 + 10, media=sdp_media(video=True)),  # its retransmission
+        acr("EVENT", 7, session="f"),  # the assembly refuses it
+        acr("STOP", 1, session="b", at=T0 + 12),
+    ],
+    [acr("STOP", 2, session="a", at=T0 + 20), acr("START", 5, session="b", at=T0 + 30)],
+]
+
+
+def test_a_prepared_batch_writes_what_its_transaction_would_have(database: Database, tmp_path: Path) -> None:
+    (tmp_path / "other").mkdir()
+    other = Database(database.kind, tmp_path / "other")
+    try:
+        prepared = CdfStore(RefusesNumberSeven(AssemblyConfig()), "cdf-1", tag="cdf-1/t")
+        plain = CdfStore(RefusesNumberSeven(AssemblyConfig()), "cdf-1", tag="cdf-1/t")
+        for batch in CALL_BATCHES:
+            ahead = write_prepared(database, prepared, *batch)
+            within = write(other, plain, *batch)
+            assert ahead.verdicts == within.verdicts
+            assert [c.to_json() for c in ahead.cdrs] == [c.to_json() for c in within.cdrs]
+        assert stored_rows(database) == stored_rows(other)
+        # The first batch's CDR could not be numbered ahead (no number taken yet); the others were, and the
+        # second batch's retransmission and refused ACR were assembled ahead as the transaction would have.
+        assert prepared.prepared_written == 3
+        assert [
+            c.local_record_sequence_number for c in write(database, prepared, acr("STOP", 6, session="b")).cdrs
+        ] == [5]
+    finally:
+        other.drop()
+
+
+def test_a_prepared_batch_is_assembled_again_when_another_instance_wrote_its_record(database: Database) -> None:
+    config = AssemblyConfig(interim_closes_partial=False)
+    a, b = CdfStore(Assembler(config), "cdf-a"), CdfStore(Assembler(config), "cdf-b")
+    write(database, a, acr("START", 0))
+    prepared = a.prepare([acr("INTERIM", 2, at=T0 + 20)])  # on the record as a wrote it ...
+    write(database, b, acr("INTERIM", 1, at=T0 + 10))  # ... which b changes before a's transaction
+    assert prepared is not None
+    with database.engine.begin() as conn:
+        assert a.write_acrs(conn, [acr("INTERIM", 2, at=T0 + 20)], prepared).verdicts == [Verdict.STORED]
+    assert a.prepared_written == 0
+    [cdr] = write(database, a, acr("STOP", 3, at=T0 + 30)).cdrs
+    assert cdr.accounting_record_numbers == [0, 1, 2, 3]
+
+
+def test_a_prepared_batch_with_an_acr_stored_before_is_assembled_again(database: Database) -> None:
+    store = CdfStore(Assembler(AssemblyConfig(interim_closes_partial=False)), "cdf-1")
+    write(database, store, acr("START", 0), acr("INTERIM", 1, at=T0 + 10))
+    again = write_prepared(database, store, acr("INTERIM", 1, at=T0 + 10), acr("INTERIM", 2, at=T0 + 20))
+    assert again.verdicts == [Verdict.DUPLICATE, Verdict.STORED]
+    assert store.prepared_written == 0
+    [cdr] = write_prepared(database, store, acr("STOP", 3, at=T0 + 30)).cdrs
+    assert cdr.accounting_record_numbers == [0, 1, 2, 3]
+    assert store.prepared_written == 1
+
+
+def test_cdrs_numbered_ahead_are_numbered_again_when_another_process_took_numbers(database: Database) -> None:
+    # Two processes of one CDF id share its counter: a's guess at its next number is wrong once b took one.
+    a, b = CdfStore(Assembler(AssemblyConfig()), "cdf-1"), CdfStore(Assembler(AssemblyConfig()), "cdf-1")
+    numbers = [c.local_record_sequence_number for c in write_prepared(database, a, acr("EVENT", 0, session="x")).cdrs]
+    numbers += [c.local_record_sequence_number for c in write_prepared(database, b, acr("EVENT", 0, session="y")).cdrs]
+    numbers += [c.local_record_sequence_number for c in write_prepared(database, a, acr("EVENT", 0, session="z")).cdrs]
+    numbers += [c.local_record_sequence_number for c in write_prepared(database, a, acr("EVENT", 1, session="z")).cdrs]
+    assert numbers == [1, 2, 3, 4]
+    with database.engine.connect() as conn:
+        stored = sorted(cdr.local_record_sequence_number for _, cdr in list_cdrs(conn, limit=10))
+    assert stored == [1, 2, 3, 4]
+
+
+def test_a_prepared_batch_whose_transaction_was_rolled_back_is_written_once_when_run_again(
+    database: Database,
+) -> None:
+    store = CdfStore(Assembler(AssemblyConfig(interim_closes_partial=False)), "cdf-1")
+    write(database, store, acr("EVENT", 0, session="e"), acr("START", 0))
+    batch = [acr("INTERIM", 1, at=T0 + 10), acr("EVENT", 0, session="f")]
+    prepared = store.prepare(batch)
+    with database.engine.connect() as conn:
+        transaction = conn.begin()
+        store.write_acrs(conn, batch, prepared)
+        transaction.rollback()  # as when another unit of its GroupCommitter batch failed
+    with database.engine.begin() as conn:
+        result = store.write_acrs(conn, batch, prepared)
+    assert result.verdicts == [Verdict.STORED, Verdict.STORED]
+    assert [c.local_record_sequence_number for c in result.cdrs] == [2]
+    [cdr] = write(database, store, acr("STOP", 2, at=T0 + 20)).cdrs
+    assert cdr.accounting_record_numbers == [0, 1, 2]
+    assert cdr.local_record_sequence_number == 3
+    assert count(database, acr_log) == 5
