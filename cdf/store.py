@@ -19,6 +19,13 @@ arrays (PostgreSQL): no per-row work in Python beyond building the parameters.  
 statement step gives the GIL away and has to win it back from the event loop, so the count of steps per
 batch, not per ACR, is what keeps the writer thread from waiting.
 
+**Prepared ahead.**  The writer thread assembles a batch (steps 3, 4 and 6's rows, the CDRs' JSON) before it
+takes the writers' turn and begins the transaction (``CdfStore.prepare``): on the records it remembers, every
+ACR taken for new, the CDRs numbered after the last number this store took.  In the transaction, steps 1, 2
+and 5 check all three; where the database disagrees (a duplicate of an earlier batch, a record written
+elsewhere, numbers another process of the same id took) the batch is assembled again there, as without a
+preparation.  The turn and the row locks are then held for the statements and the COMMIT only.
+
 **Records remembered.** The store keeps the records it wrote last (``cache_size``, least recently used
 dropped) with their version.  Every record row carries the version and the writer that wrote it
 (``updated_by``: this store's ``tag``, the node id and a random part, new in every process).  A
