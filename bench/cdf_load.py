@@ -6,6 +6,7 @@ Run from the repository root::
     .venv/bin/python -m bench.cdf_load                  # 10 s measured per side, SQLite (the embedded default)
     .venv/bin/python -m bench.cdf_load --postgres       # the CDF on PostgreSQL (CHARGING_TEST_POSTGRES)
     .venv/bin/python -m bench.cdf_load --quick          # a few seconds per side, for CI
+    .venv/bin/python -m bench.cdf_load --pin            # each side's processes on a core of their own
 
 Each side runs in a process of its own:
 
@@ -29,6 +30,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -225,6 +227,21 @@ def database(postgres: bool, workdir: Path) -> Iterator[str]:
         admin.dispose()
 
 
+def pinned(command: list[str], cpu: int | None) -> list[str]:
+    """``command`` run on CPU ``cpu`` only (every thread it starts inherits that), or as it is for None."""
+    if cpu is None:
+        return command
+    if shutil.which("taskset") is None:
+        raise RuntimeError("--pin needs taskset (util-linux)")
+    return ["taskset", "--cpu-list", str(cpu), *command]
+
+
+def cpu_for(index: int) -> int:
+    """The ``index``-th of the CPUs this process may run on, round and round."""
+    cpus = sorted(os.sched_getaffinity(0))
+    return cpus[index % len(cpus)]
+
+
 @dataclass
 class CdfProcess:
     proc: subprocess.Popen[bytes]
@@ -247,7 +264,7 @@ class CdfProcess:
                 self.proc.wait()
 
 
-def start_cdf(url: str, bootstrap: str, workdir: Path, node_id: str = "cdf-1") -> CdfProcess:
+def start_cdf(url: str, bootstrap: str, workdir: Path, node_id: str = "cdf-1", cpu: int | None = None) -> CdfProcess:
     ready = workdir / f"ready-{node_id}.txt"
     log_path = workdir / f"{node_id}.log"
     config = workdir / f"{node_id}.toml"
@@ -269,7 +286,7 @@ def start_cdf(url: str, bootstrap: str, workdir: Path, node_id: str = "cdf-1") -
     if os.environ.get("CDF_BENCH_PROFILE"):  # cProfile of the CDF process, written when it stops
         command[1:3] = ["-m", "cProfile", "-o", os.environ["CDF_BENCH_PROFILE"], "-m", "charging.cli"]
     with log_path.open("ab") as log:
-        proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=log)
+        proc = subprocess.Popen(pinned(command, cpu), cwd=REPO, env=env, stdout=log, stderr=log)
     deadline = time.monotonic() + 60
     while not ready.exists():
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -360,9 +377,9 @@ def serve_baseline(port: int, nodes: int) -> None:
     node.stop(wait_timeout=2, force=True)
 
 
-def start_baseline(port: int, nodes: int) -> subprocess.Popen[str]:
+def start_baseline(port: int, nodes: int, cpu: int | None = None) -> subprocess.Popen[str]:
     command = [sys.executable, "-m", "bench.cdf_load", "--serve-baseline", str(port), str(nodes)]
-    proc = subprocess.Popen(command, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(pinned(command, cpu), cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     if proc.stdout.readline().strip() != "READY":
         proc.kill()
@@ -389,7 +406,8 @@ def measure_cdf(args: argparse.Namespace) -> tuple[Load, dict[str, Any]]:
             instances: list[CdfProcess] = []
             try:
                 for n in range(args.instances):
-                    instances.append(start_cdf(url, broker.bootstrap, workdir, f"cdf-{n + 1}"))
+                    cpu = cpu_for(n) if args.pin else None
+                    instances.append(start_cdf(url, broker.bootstrap, workdir, f"cdf-{n + 1}", cpu))
                 ports = [cdf.diameter_port for cdf in instances]
                 pids = [cdf.proc.pid for cdf in instances]
                 load = run_measured(pids, ports, args.nodes, args.in_flight, args)
@@ -420,7 +438,7 @@ def measure_cdf(args: argparse.Namespace) -> tuple[Load, dict[str, Any]]:
 
 def measure_baseline(args: argparse.Namespace) -> Load:
     port = free_port()
-    proc = start_baseline(port, args.nodes)
+    proc = start_baseline(port, args.nodes, cpu_for(0) if args.pin else None)
     try:
         return run_measured([proc.pid], [port], args.nodes, args.baseline_in_flight, args)
     finally:
@@ -439,6 +457,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--instances", type=int, default=1, help="CDF processes sharing the database, the nodes spread over them"
     )
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="each CDF process on a CPU of its own (round and round), the baseline on the first: a GIL-bound "
+        "process runs faster when its threads stay on one core",
+    )
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--serve-baseline", nargs=2, metavar=("PORT", "NODES"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -451,8 +475,8 @@ def main(argv: list[str] | None = None) -> int:
     cdf_load, kafka = measure_cdf(args)
     store = "PostgreSQL" if args.postgres else "SQLite"
     print(
-        f"CDF ({args.instances} process(es), {args.nodes} IMS nodes x {args.in_flight} calls in flight, {store}, "
-        "CDRs to Kafka (tansu))"
+        f"CDF ({args.instances} process(es){', pinned' if args.pin else ''}, {args.nodes} IMS nodes x "
+        f"{args.in_flight} calls in flight, {store}, CDRs to Kafka (tansu))"
     )
     print("  " + cdf_load.result.summary("CDF ACRs"))
     if cdf_load.cpu is not None:
@@ -473,7 +497,8 @@ def main(argv: list[str] | None = None) -> int:
     baseline = Load()
     if not args.no_baseline:
         baseline = measure_baseline(args)
-        print(f"baseline python-diameter ({args.nodes} nodes x {args.baseline_in_flight} in flight, ACA only)")
+        pin = ", pinned" if args.pin else ""
+        print(f"baseline python-diameter ({args.nodes} nodes x {args.baseline_in_flight} in flight, ACA only{pin})")
         print("  " + baseline.result.summary("baseline ACRs"))
         if baseline.cpu is not None:
             print("  " + baseline.cpu.summary())
