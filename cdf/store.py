@@ -92,11 +92,9 @@ class PreparedWrite:
     """A batch assembled before its transaction, on the records as this store last wrote them: what the
     transaction writes when the database agrees (every ACR new, every record at the version remembered)."""
 
-    acrs: Sequence[Acr]
     first_of_key: dict[AcrKey, int]  # the index of each key's first ACR in the batch
     log_rows: list[tuple[Any, ...]]
-    keys: list[RecordKey]  # sorted
-    remembered: list[int | None]  # the version remembered for each of ``keys``, None: no record
+    remembered: list[int | None]  # the version remembered for each of the batch's records (sorted by key)
     verdicts: list[Verdict]
     failed: list[Acr]
     rows: _RecordRows
@@ -431,10 +429,8 @@ class CdfStore:
             last = None if self._last_number is None or not closed else self._last_number + len(closed)
             cdrs, outbox_rows = self._numbered(closed, last, now) if last is not None else ([], [])
             return PreparedWrite(
-                acrs,
                 first_of_key,
                 self._log_rows(acrs, first_of_key),
-                keys,
                 remembered,
                 verdicts,
                 failed,
@@ -474,27 +470,18 @@ class CdfStore:
         states, closed, failed = self._assemble_batch(acrs, fresh, base, verdicts)
         if failed:
             db.unlog_acrs([a.key for a in failed])
-        cdrs = self._persist(db, base, states, closed, now=max(acrs[i].received_at for i in fresh))
-        return WriteResult(verdicts, cdrs)
+        now = max(acrs[i].received_at for i in fresh)
+        return WriteResult(verdicts, self._persist(db, self._record_rows(base, states), closed, now))
 
     def _write_prepared(self, db: _Statements, prepared: PreparedWrite) -> WriteResult:
-        rows = prepared.rows
         self.prepared_written += 1
         self.records_remembered += sum(1 for version in prepared.remembered if version is not None)
         if prepared.failed:
             db.unlog_acrs([a.key for a in prepared.failed])
-        self._write_rows(db, rows)
-        cdrs: list[Cdr] = []
-        if prepared.closed:
-            last = db.next_numbers(self.cdf_id, len(prepared.closed))
-            if last == prepared.last_number:
-                cdrs, outbox_rows = prepared.cdrs, prepared.outbox_rows
-            else:  # numbered ahead on a guess that did not hold (the first batch, another process of this id)
-                cdrs, outbox_rows = self._numbered(prepared.closed, last, prepared.now)
-            self._last_number = last
-            db.insert_outbox(outbox_rows)
-        self._remember(rows.gone, rows.written)
-        return WriteResult(prepared.verdicts, cdrs)
+        ahead = (prepared.last_number, prepared.cdrs, prepared.outbox_rows)
+        return WriteResult(
+            prepared.verdicts, self._persist(db, prepared.rows, prepared.closed, prepared.now, ahead=ahead)
+        )
 
     @staticmethod
     def _first_of_key(acrs: Sequence[Acr]) -> dict[AcrKey, int]:
@@ -590,7 +577,7 @@ class CdfStore:
                     item.cause.value,
                     extra={"session_id": key[1], "icid": item.state.icid},
                 )
-        return len(base), self._persist(db, base, states, closed, now=now)
+        return len(base), self._persist(db, self._record_rows(base, states), closed, now)
 
     def purge(self, conn: Connection, before: float, *, marks: Sequence[str]) -> tuple[int, int]:
         """Delete ACR log rows older than ``before``, and CDRs as old that every sink in ``marks`` (outbox
@@ -621,18 +608,25 @@ class CdfStore:
     def _persist(
         self,
         db: _Statements,
-        base: dict[RecordKey, Known],
-        states: dict[RecordKey, RecordState | None],
+        rows: _RecordRows,
         closed: list[ClosedRecord],
         now: float,
+        *,
+        ahead: tuple[int | None, list[Cdr], list[tuple[Any, ...]]] = (None, [], []),
     ) -> list[Cdr]:
-        rows = self._record_rows(base, states)
-        self._write_rows(db, rows)
+        """Write the record rows, number the closed records' CDRs and put them in the outbox; ``ahead``: the
+        CDRs numbered before the transaction (up to that last number), used if the numbers taken agree."""
+        if rows.gone:
+            db.delete_records(rows.gone)
+        if rows.opened or rows.changed:
+            db.write_records(rows.opened, rows.changed)
         cdrs: list[Cdr] = []
         if closed:
             last = db.next_numbers(self.cdf_id, len(closed))
+            guessed_last, cdrs, outbox_rows = ahead
+            if last != guessed_last:  # not numbered ahead, or on a guess another process of this id undid
+                cdrs, outbox_rows = self._numbered(closed, last, now)
             self._last_number = last
-            cdrs, outbox_rows = self._numbered(closed, last, now)
             db.insert_outbox(outbox_rows)
         self._remember(rows.gone, rows.written)
         return cdrs
@@ -661,13 +655,6 @@ class CdfStore:
             (rows.changed if before is not None else rows.opened).append(row)
             rows.written.append((key, (version, state)))
         return rows
-
-    @staticmethod
-    def _write_rows(db: _Statements, rows: _RecordRows) -> None:
-        if rows.gone:
-            db.delete_records(rows.gone)
-        if rows.opened or rows.changed:
-            db.write_records(rows.opened, rows.changed)
 
     def _numbered(self, closed: list[ClosedRecord], last: int, now: float) -> tuple[list[Cdr], list[tuple[Any, ...]]]:
         """The CDRs of ``closed``, numbered up to ``last``, and their outbox rows."""
